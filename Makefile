@@ -1,0 +1,5 @@
+.PHONY: test demo bench
+test:
+	scripts/test
+demo:
+	go run ./examples/namecheck race

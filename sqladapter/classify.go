@@ -1,0 +1,245 @@
+package sqladapter
+
+import (
+	"database/sql/driver"
+	"errors"
+	"io"
+	"net"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+)
+
+// Class is what an error means for the transaction that returned it.
+type Class int
+
+const (
+	// Permanent: do not run the transaction again; return the error.
+	Permanent Class = iota
+	// Retryable: the transaction did not commit; run all of it again.
+	Retryable
+	// Ambiguous: COMMIT was sent and its outcome is unknown; do not retry.
+	Ambiguous
+)
+
+// String returns the class name in lower case.
+func (c Class) String() string {
+	switch c {
+	case Permanent:
+		return "permanent"
+	case Retryable:
+		return "retryable"
+	case Ambiguous:
+		return "ambiguous"
+	}
+	return "Class(" + strconv.Itoa(int(c)) + ")"
+}
+
+// Phase says where in the transaction an error happened. The same connection
+// error means "nothing was committed" before COMMIT and "unknown" during it.
+type Phase int
+
+const (
+	// InTx covers BEGIN and every statement before COMMIT.
+	InTx Phase = iota
+	// AtCommit is the COMMIT itself.
+	AtCommit
+)
+
+// Postgres SQLSTATE codes this package acts on.
+const (
+	CodeSerializationFailure       = "40001"
+	CodeDeadlockDetected           = "40P01"
+	CodeUniqueViolation            = "23505"
+	CodeStatementCompletionUnknown = "40003"
+	CodeTransactionResolutionUnk   = "08007"
+	CodeLockNotAvailable           = "55P03"
+	CodeAdminShutdown              = "57P01"
+	CodeCrashShutdown              = "57P02"
+	CodeCannotConnectNow           = "57P03"
+)
+
+// SQLite result codes (primary and extended) this package acts on.
+const (
+	sqliteBusy             = 5
+	sqliteLocked           = 6
+	sqliteConstraintUnique = 2067 // SQLITE_CONSTRAINT_UNIQUE
+	sqliteConstraintPK     = 1555 // SQLITE_CONSTRAINT_PRIMARYKEY
+)
+
+// Classifier decides which errors make a transaction run again. The zero
+// value is the default policy described in the package documentation.
+type Classifier struct {
+	// UniqueConstraints, when not empty, narrows the retry on a unique
+	// violation (23505) to violations of these constraints (Postgres) and
+	// makes every other unique violation permanent. Names are compared
+	// exactly. It has no effect on SQLite, whose errors do not carry the
+	// constraint name in a structured form.
+	UniqueConstraints []string
+
+	// NoUniqueRetry makes every unique violation permanent.
+	NoUniqueRetry bool
+}
+
+// Classify sorts err with the default policy. It is the zero Classifier's
+// Classify.
+func Classify(err error, phase Phase) Class {
+	return Classifier{}.Classify(err, phase)
+}
+
+// Classify sorts err into a Class. A nil error is Permanent: there is
+// nothing to retry. Wrapped errors are unwrapped with errors.As.
+func (c Classifier) Classify(err error, phase Phase) Class {
+	if err == nil {
+		return Permanent
+	}
+	if code, ok := SQLState(err); ok {
+		switch {
+		case code == CodeSerializationFailure, code == CodeDeadlockDetected:
+			return Retryable
+		case code == CodeUniqueViolation:
+			if c.uniqueRetryable(err) {
+				return Retryable
+			}
+			return Permanent
+		case code == CodeStatementCompletionUnknown, code == CodeTransactionResolutionUnk:
+			return Ambiguous
+		case strings.HasPrefix(code, "08"),
+			code == CodeAdminShutdown, code == CodeCrashShutdown, code == CodeCannotConnectNow:
+			// The session is gone. Before COMMIT the server rolled the
+			// transaction back with it; during COMMIT nobody can say.
+			return connLost(phase)
+		}
+		return Permanent
+	}
+	if code, ok := sqliteCode(err); ok {
+		switch {
+		case code&0xff == sqliteBusy, code&0xff == sqliteLocked:
+			// A busy COMMIT in SQLite did not commit either: the
+			// transaction stays open and Run rolls it back.
+			return Retryable
+		case code == sqliteConstraintUnique, code == sqliteConstraintPK:
+			if c.NoUniqueRetry || len(c.UniqueConstraints) > 0 {
+				return Permanent
+			}
+			return Retryable
+		}
+		return Permanent
+	}
+	// SafeToRetry (pgx) promises that nothing was sent, so not even a
+	// COMMIT: the server rolls the transaction back with the connection.
+	if safeToRetry(err) || (phase == InTx && errors.Is(err, driver.ErrBadConn)) {
+		return Retryable
+	}
+	if isConnError(err) {
+		return connLost(phase)
+	}
+	return Permanent
+}
+
+func connLost(phase Phase) Class {
+	if phase == AtCommit {
+		return Ambiguous
+	}
+	return Retryable
+}
+
+func (c Classifier) uniqueRetryable(err error) bool {
+	if c.NoUniqueRetry {
+		return false
+	}
+	if len(c.UniqueConstraints) == 0 {
+		return true
+	}
+	name, ok := ConstraintName(err)
+	return ok && slices.Contains(c.UniqueConstraints, name)
+}
+
+// SQLState returns the Postgres SQLSTATE of the first error in err's chain
+// that has a SQLState() string method, as pgx's *pgconn.PgError and lib/pq's
+// *pq.Error do.
+func SQLState(err error) (string, bool) {
+	var e interface{ SQLState() string }
+	if errors.As(err, &e) {
+		if code := e.SQLState(); code != "" {
+			return code, true
+		}
+	}
+	return "", false
+}
+
+// ConstraintName returns the name of the constraint a Postgres error is
+// about: pgx's PgError.ConstraintName, or lib/pq's Error.Get('n').
+func ConstraintName(err error) (string, bool) {
+	var named interface {
+		SQLState() string
+		Error() string
+	}
+	if !errors.As(err, &named) {
+		return "", false
+	}
+	// lib/pq exposes every field of the error message by its protocol
+	// letter; 'n' is the constraint name.
+	if pq, ok := named.(interface{ Get(byte) string }); ok {
+		if n := pq.Get('n'); n != "" {
+			return n, true
+		}
+	}
+	return constraintField(named)
+}
+
+func sqliteCode(err error) (int, bool) {
+	var e interface{ Code() int }
+	if errors.As(err, &e) {
+		return e.Code(), true
+	}
+	return 0, false
+}
+
+func safeToRetry(err error) bool {
+	var e interface{ SafeToRetry() bool }
+	return errors.As(err, &e) && e.SafeToRetry()
+}
+
+// isConnError reports errors that mean the connection, not the statement,
+// failed.
+func isConnError(err error) bool {
+	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, syscall.ECONNREFUSED) {
+		return true
+	}
+	var ne net.Error
+	if errors.As(err, &ne) {
+		return true
+	}
+	// pgx reports a connection closed under a statement as a plain error
+	// wrapping nothing; its safe-to-retry variants are handled above.
+	msg := err.Error()
+	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
+		strings.Contains(msg, "broken pipe") || strings.Contains(msg, "unexpected EOF")
+}
+
+// constraintField reads a string field named ConstraintName from the
+// struct behind e, which is how pgx's *pgconn.PgError carries it. Reflection
+// keeps pgx out of the import graph of users who run another driver.
+func constraintField(e any) (string, bool) {
+	v := reflect.ValueOf(e)
+	for v.Kind() == reflect.Pointer || v.Kind() == reflect.Interface {
+		if v.IsNil() {
+			return "", false
+		}
+		v = v.Elem()
+	}
+	if v.Kind() != reflect.Struct {
+		return "", false
+	}
+	f := v.FieldByName("ConstraintName")
+	if !f.IsValid() || f.Kind() != reflect.String || f.String() == "" {
+		return "", false
+	}
+	return f.String(), true
+}
