@@ -211,11 +211,21 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 	}
 	res.LockWait = time.Since(waitStart)
 
+	// The transaction lives on the caller's context, not the attempt's: a
+	// lost lease cancels the body's statements (they run on actx), but the
+	// rollback stays ours and synchronous, and a lease lost while COMMIT is
+	// in flight cannot turn a clean commit into an unknown one.
+	if cause := context.Cause(actx); cause != nil {
+		return fail(cause, st.lostRetryable(parent, cause))
+	}
 	var err error
-	tx, err = r.db.BeginTx(actx, r.cfg.txOptions)
+	tx, err = r.db.BeginTx(parent, r.cfg.txOptions)
 	if err != nil {
 		tx = nil
 		return fail(r.classify(parent, st, fmt.Errorf("txlock: begin: %w", err), sqladapter.InTx))
+	}
+	if cause := context.Cause(actx); cause != nil {
+		return fail(cause, st.lostRetryable(parent, cause))
 	}
 	st.mu.Lock()
 	st.tx = tx
