@@ -58,6 +58,9 @@ func (l *LocalLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 // Len reports how many keys are held or waited for right now.
 func (l *LocalLocker) Len() int { return l.m.Len() }
 
+// Waiters reports how many callers hold or wait for key right now.
+func (l *LocalLocker) Waiters(key string) int { return l.m.Waiters(key) }
+
 type localLease struct {
 	l    *LocalLocker
 	keys []string

@@ -22,7 +22,8 @@ const (
 	releaseTimeout = 5 * time.Second
 )
 
-// Option configures one call of Run. A nil Option is ignored.
+// Option configures one call of Run. A nil Option is ignored. Options are
+// immutable once made, so one Option may be shared by concurrent Runs.
 type Option func(*config) error
 
 type config struct {
@@ -85,14 +86,17 @@ func WithLocker(ls ...Locker) Option {
 }
 
 // WithTxOptions sets the isolation level and read-only flag of every
-// attempt's transaction. nil means the driver's default.
+// attempt's transaction. nil means the driver's default. The options are
+// copied when WithTxOptions is called, so later changes to *o have no
+// effect.
 func WithTxOptions(o *sql.TxOptions) Option {
+	var cp *sql.TxOptions
+	if o != nil {
+		v := *o
+		cp = &v
+	}
 	return func(c *config) error {
-		if o != nil {
-			cp := *o
-			o = &cp
-		}
-		c.txOptions = o
+		c.txOptions = cp
 		return nil
 	}
 }
@@ -125,10 +129,10 @@ func WithLockWait(d time.Duration) Option {
 // WithBackoff sets the delay between attempts. It is slept after the
 // failed attempt has rolled back and released its locks. nil means no delay.
 func WithBackoff(b retry.Backoff) Option {
+	if isNil(b) {
+		b = retry.Constant(0)
+	}
 	return func(c *config) error {
-		if isNil(b) {
-			b = retry.Constant(0)
-		}
 		c.backoff = b
 		return nil
 	}
