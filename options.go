@@ -113,8 +113,9 @@ func WithMaxAttempts(n int) Option {
 	}
 }
 
-// WithLockWait sets how long one attempt may wait for all its locks
-// together. 0 means try once: a busy lock is ErrLockBusy at once. Negative
+// WithLockWait sets how long one attempt may wait for the locks of the
+// keys given to Run, all lockers together (each later Lock call has the same
+// budget again). 0 means try once: a busy lock is ErrLockBusy at once. Negative
 // durations are an error. The context can always end the wait sooner.
 func WithLockWait(d time.Duration) Option {
 	return func(c *config) error {

@@ -205,9 +205,14 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 	if split < 0 {
 		split = len(r.cfg.lockers)
 	}
+	// One wait budget for all of the attempt's locks, both sides of BEGIN.
+	waitUntil := time.Time{}
+	if r.cfg.lockWait > 0 {
+		waitUntil = start.Add(r.cfg.lockWait)
+	}
 	waitStart := time.Now()
-	if err := st.acquire(actx, r.cfg.lockers[:split], r.keys, nil); err != nil {
-		return fail(err, st.lostRetryable(parent, err))
+	if err := st.acquire(actx, r.cfg.lockers[:split], r.keys, nil, waitUntil); err != nil {
+		return fail(r.classify(parent, st, err, sqladapter.InTx))
 	}
 	res.LockWait = time.Since(waitStart)
 
@@ -232,8 +237,10 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 	st.mu.Unlock()
 
 	waitStart = time.Now()
-	if err := st.acquire(actx, r.cfg.lockers[split:], r.keys, tx); err != nil {
-		return fail(err, st.lostRetryable(parent, err))
+	if err := st.acquire(actx, r.cfg.lockers[split:], r.keys, tx, waitUntil); err != nil {
+		// An advisory lock wait can end in a deadlock (40P01) or a
+		// broken connection: the same classification as a statement.
+		return fail(r.classify(parent, st, err, sqladapter.InTx))
 	}
 	res.LockWait += time.Since(waitStart)
 
@@ -263,30 +270,45 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 	return res
 }
 
-// classify decides what a database error means for the run.
+// classify decides what an attempt's error means for the run: give up, or
+// try again.
 func (r *runner) classify(parent context.Context, st *state, err error, phase sqladapter.Phase) (error, bool) {
 	if phase == sqladapter.InTx {
 		// A lost lease cancels the body's context; the statement that
 		// saw it failed with a context error.
 		if cause := context.Cause(st.ctx); errors.Is(cause, ErrLockLost) && parent.Err() == nil {
+			if errors.Is(err, ErrLockLost) {
+				return err, true
+			}
 			return fmt.Errorf("%w (body failed: %v)", cause, err), true
 		}
 		if parent.Err() != nil {
 			return err, false
 		}
+		if errors.Is(err, ErrLockLost) {
+			return err, true
+		}
 	}
-	if phase == sqladapter.AtCommit && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)) {
-		// The driver gave up on a COMMIT it may already have sent.
-		return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
+	// Our own verdicts come first: an unreachable lock server wraps a
+	// network error that the driver classifier would call retryable.
+	for _, final := range []error{ErrLockBusy, ErrLockUnavailable, ErrInvalid, ErrNestedRun, ErrNotInRun} {
+		if errors.Is(err, final) {
+			return err, false
+		}
+	}
+	if phase == sqladapter.AtCommit {
+		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+			// The context ended around COMMIT. database/sql may have
+			// refused to send it, or the driver may have given up on a
+			// COMMIT already sent; the error does not reliably say
+			// which, so the only honest answer is "unknown".
+			return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
+		}
 	}
 	switch r.cfg.classify(err, phase) {
 	case sqladapter.Retryable:
 		return err, true
 	case sqladapter.Ambiguous:
-		return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
-	}
-	if phase == sqladapter.AtCommit && parent.Err() != nil {
-		// The context ended while COMMIT was in flight.
 		return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
 	}
 	return err, false

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"time"
 
 	"database/sql"
 )
@@ -68,14 +69,14 @@ func (st *state) lost(cause error) {
 // call took before returning. If the attempt ended while it waited (a body
 // that called Lock from a goroutine it did not wait for), it gives the locks
 // back and returns ErrNotInRun.
-func (st *state) acquire(ctx context.Context, ls []Locker, keys []string, tx *sql.Tx) error {
+func (st *state) acquire(ctx context.Context, ls []Locker, keys []string, tx *sql.Tx, waitUntil time.Time) error {
 	if len(ls) == 0 || len(keys) == 0 {
 		return nil
 	}
 	wait := st.runner.cfg.lockWait
 	wctx, cancel := ctx, context.CancelFunc(func() {})
 	if wait > 0 {
-		wctx, cancel = context.WithTimeoutCause(ctx, wait, errWaitExpired)
+		wctx, cancel = context.WithDeadlineCause(ctx, waitUntil, errWaitExpired)
 	}
 	defer cancel()
 	taken := make([]Lease, 0, len(ls))
@@ -191,7 +192,7 @@ func (st *state) releaseAll(parent context.Context) error {
 // Lock takes more locks from inside a Run body, in every locker of the run,
 // and holds them until the transaction ends, like the keys given to Run.
 // Keys this attempt already holds are skipped, so locking a key twice is a
-// no-op. Keys taken this way come after the transaction has begun, so they
+// no-op. Each call may wait up to the run's lock wait. Keys taken this way come after the transaction has begun, so they
 // may be taken out of the global order: prefer passing every key you know
 // in advance to Run. On a retry, keys locked with Lock are not taken up
 // front; the body takes them again when it calls Lock again.
@@ -231,7 +232,11 @@ func Lock(ctx context.Context, keys ...string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("txlock: %w", context.Cause(ctx))
 	}
-	return st.acquire(ctx, st.runner.cfg.lockers, fresh, tx)
+	var waitUntil time.Time
+	if w := st.runner.cfg.lockWait; w > 0 {
+		waitUntil = time.Now().Add(w)
+	}
+	return st.acquire(ctx, st.runner.cfg.lockers, fresh, tx, waitUntil)
 }
 
 // Attempt returns the number of the current attempt, 1 for the first, when

@@ -7,11 +7,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"runtime"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -773,9 +775,28 @@ func TestVerifyFailureIsNotCommitted(t *testing.T) {
 	}
 }
 
+func TestInTxLockerDeadlockIsRetried(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectRollback()
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	adv := &recorder{name: "adv", inTx: true, log: &eventLog{}, acquireErr: func(n int) error {
+		if n == 1 {
+			return fmt.Errorf("advisory lock: %w", pgErr("40P01"))
+		}
+		return nil
+	}}
+	if err := txlock.Run(context.Background(), db, []string{"k"}, func(context.Context, *sql.Tx) error { return nil }, txlock.WithLocker(adv), noWait); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func TestAcquireErrorIsReturned(t *testing.T) {
 	db, _ := newMock(t)
-	down := fmt.Errorf("%w: dial tcp: connection refused", txlock.ErrLockUnavailable)
+	// The transport error inside would look retryable to the driver
+	// classifier; ErrLockUnavailable must win.
+	down := fmt.Errorf("%w: %w", txlock.ErrLockUnavailable, &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED})
 	log := &eventLog{}
 	first := &recorder{name: "first", log: log}
 	second := &recorder{name: "second", log: log, acquireErr: func(int) error { return down }}
