@@ -46,6 +46,21 @@
 //
 //	txlock.WithLocker(memcachelock.New(mc), advisorylock.New())
 //
+// # Keys and release
+//
+// Keys are deduplicated and taken in one global (sorted) order, so two runs over
+// the same keys never deadlock each other. Any non-empty string is a key,
+// whatever its length or bytes; lockers hash keys where their backend needs it,
+// and no key can inject anything into a protocol or a query. Empty or nil keys
+// mean no lock at all: Run then only retries, which with SERIALIZABLE is a
+// complete concurrency control of its own.
+//
+// Locks are released after the transaction commits or rolls back, on every path:
+// success, error, panic (Run re-panics after the cleanup), context cancellation.
+// Release runs on a context detached from the caller's cancellation, with its
+// own deadline, so a cancelled request still gives its locks back. Lockers only
+// ever release locks they still own.
+//
 // # Retries
 //
 // Run retries the whole transaction on serialization failures (40001),
@@ -57,6 +72,11 @@
 // unknown (ErrAmbiguousCommit). The body must therefore be safe to run more
 // than once: keep side effects out of it, or register them with
 // AfterCommit. Attempt tells the body which attempt it is in.
+//
+// By default Run makes at most DefaultMaxAttempts attempts, waits at most
+// DefaultLockWait for its locks, and backs off retry.Default (5 ms doubling to
+// 1 s, fully jittered). WithMaxAttempts, WithLockWait, WithBackoff and
+// WithClassifier change that. WithObserver reports every attempt, for metrics.
 //
 // # Inside the body
 //
