@@ -21,6 +21,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/internal/leakcheck"
 	"github.com/txlock/txlock/retry"
 	"github.com/txlock/txlock/sqladapter"
 )
@@ -931,20 +932,5 @@ func TestNoGoroutineLeak(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		_ = txlock.Run(context.Background(), db, []string{"k"}, insert, noWait, txlock.WithMaxAttempts(2), txlock.WithLocker(local))
 	}
-	waitGoroutines(t, before)
-}
-
-// waitGoroutines fails t if the goroutine count does not settle back to at
-// most n. database/sql closes a finished transaction's watcher
-// asynchronously, so it waits a little.
-func waitGoroutines(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > n && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := runtime.NumGoroutine(); got > n {
-		buf := make([]byte, 1<<16)
-		t.Errorf("goroutines: %d, want <= %d\n%s", got, n, buf[:runtime.Stack(buf, true)])
-	}
+	leakcheck.Settle(t, before)
 }

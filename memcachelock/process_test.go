@@ -1,0 +1,200 @@
+package memcachelock
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/internal/testenv"
+)
+
+// Child processes: the test binary run again with helperEnv set to a mode.
+// TestMain sends them to helperMain before any test runs.
+const helperEnv = "MEMCACHELOCK_HELPER"
+
+// helperConfig is what a parent tells its children, as JSON in an
+// environment variable.
+type helperConfig struct {
+	Mode     string        // "exclusion" or "probe"
+	Addr     string        // memcached
+	DB       string        // Postgres URL
+	Dir      string        // exclusion: where the occupied flag lives
+	Key      string        // the hot key
+	Workers  int           // goroutines in the child
+	Runs     int           // exclusion: Runs per worker
+	Until    time.Time     // probe: when to stop
+	Work     time.Duration // probe: CPU work per body
+	Handoffs int           // probe: WithHandoffLimit, 0 for the default
+}
+
+// helperResult is what a child prints on stdout.
+type helperResult struct {
+	Latencies []time.Duration // probe: one per committed Run, wait included
+	Attempts  int
+	Commits   int
+	Err       string
+}
+
+func helperMain() int {
+	var cfg helperConfig
+	if err := json.Unmarshal([]byte(os.Getenv(helperEnv)), &cfg); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	res := runHelper(cfg)
+	if err := json.NewEncoder(os.Stdout).Encode(res); err != nil {
+		return 2
+	}
+	if res.Err != "" {
+		return 1
+	}
+	return 0
+}
+
+func runHelper(cfg helperConfig) (res helperResult) {
+	db, err := sql.Open("pgx", cfg.DB)
+	if err != nil {
+		return helperResult{Err: err.Error()}
+	}
+	defer db.Close()
+	db.SetMaxOpenConns(cfg.Workers)
+	db.SetMaxIdleConns(cfg.Workers)
+	var opts []Option
+	if cfg.Handoffs > 0 {
+		opts = append(opts, WithHandoffLimit(cfg.Handoffs))
+	}
+	l := New(client(nil, cfg.Addr), opts...)
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	fail := func(err error) {
+		mu.Lock()
+		if res.Err == "" {
+			res.Err = err.Error()
+		}
+		mu.Unlock()
+	}
+	flag := filepath.Join(cfg.Dir, "occupied")
+	body := func(ctx context.Context, tx *sql.Tx) error {
+		if cfg.Mode == "exclusion" {
+			f, err := os.OpenFile(flag, os.O_CREATE|os.O_EXCL|os.O_WRONLY, 0o600)
+			if errors.Is(err, fs.ErrExist) {
+				fail(errors.New("two holders at once: the occupied flag was set"))
+			} else if err != nil {
+				return err
+			} else {
+				f.Close()
+				defer os.Remove(flag)
+			}
+		} else {
+			spin(cfg.Work)
+		}
+		return increment(ctx, tx)
+	}
+	observer := txlock.WithObserver(func(txlock.Event) {
+		mu.Lock()
+		res.Attempts++
+		mu.Unlock()
+	})
+	for w := 0; w < cfg.Workers; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; cfg.Mode == "exclusion" && i < cfg.Runs || cfg.Mode == "probe" && time.Now().Before(cfg.Until); i++ {
+				start := time.Now()
+				if err := txlock.Run(context.Background(), db, []string{cfg.Key}, body, txlock.WithLocker(l), observer); err != nil {
+					fail(err)
+					return
+				}
+				d := time.Since(start)
+				mu.Lock()
+				res.Commits++
+				res.Latencies = append(res.Latencies, d)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	return res
+}
+
+// spin burns d of CPU: the body's work.
+func spin(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
+
+// startHelpers runs n children with cfg and returns their results.
+func startHelpers(t testing.TB, n int, cfg helperConfig) []helperResult {
+	t.Helper()
+	env, err := json.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type out struct {
+		res helperResult
+		err error
+	}
+	outs := make(chan out, n)
+	for i := 0; i < n; i++ {
+		go func() {
+			cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+			cmd.Env = append(os.Environ(), helperEnv+"="+string(env))
+			cmd.Stderr = os.Stderr
+			b, err := cmd.Output()
+			var r helperResult
+			if jerr := json.Unmarshal(b, &r); jerr != nil && err == nil {
+				err = fmt.Errorf("child output %q: %w", b, jerr)
+			}
+			if r.Err != "" {
+				err = errors.New(r.Err)
+			}
+			outs <- out{r, err}
+		}()
+	}
+	var rs []helperResult
+	for i := 0; i < n; i++ {
+		o := <-outs
+		if o.err != nil {
+			t.Errorf("child process: %v", o.err)
+		}
+		rs = append(rs, o.res)
+	}
+	return rs
+}
+
+// TestHelperProcess is where children start; run on its own it does nothing.
+func TestHelperProcess(t *testing.T) {}
+
+func TestExclusionAcrossProcesses(t *testing.T) {
+	t.Parallel()
+	m := testenv.StartMemcached(t)
+	u := testenv.PostgresURL(t)
+	db := testenv.OpenURL(t, u)
+	if _, err := db.Exec(`CREATE TABLE counter (id int PRIMARY KEY, n int NOT NULL); INSERT INTO counter VALUES (1, 0)`); err != nil {
+		t.Fatal(err)
+	}
+	const procs, workers, runs = 4, 4, 20
+	rs := startHelpers(t, procs, helperConfig{Mode: "exclusion", Addr: m.Addr(), DB: u, Dir: t.TempDir(),
+		Key: "shared", Workers: workers, Runs: runs})
+	commits := 0
+	for _, r := range rs {
+		commits += r.Commits
+	}
+	if n := count(t, db); n != procs*workers*runs || commits != n {
+		t.Fatalf("counter = %d, commits = %d, want %d", n, commits, procs*workers*runs)
+	}
+	t.Logf("%d processes x %d workers: %s", procs, workers, strconv.Itoa(commits)+" commits, no overlap")
+}
