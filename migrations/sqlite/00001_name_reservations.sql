@@ -1,0 +1,20 @@
+-- The name-reservation table of examples/namecheck, for embedded SQLite.
+--
+-- As in the Postgres schema there is no UNIQUE constraint on name: a name is
+-- reusable once it expires. Times are TEXT as modernc.org/sqlite writes a
+-- time.Time ("2006-01-02 15:04:05.999999999-07:00"); write them in UTC so
+-- that comparing the text compares the instants.
+
+-- +goose Up
+CREATE TABLE name_reservations (
+    id         INTEGER PRIMARY KEY,
+    name       TEXT NOT NULL,
+    owner      TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    expires_at TEXT NOT NULL
+);
+
+CREATE INDEX name_reservations_name_expires_at ON name_reservations (name, expires_at);
+
+-- +goose Down
+DROP TABLE name_reservations;
