@@ -3,3 +3,5 @@ test:
 	scripts/test
 demo:
 	go run ./examples/namecheck race
+bench:
+	scripts/bench

@@ -1,0 +1,266 @@
+package advisorylock_test
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/DATA-DOG/go-sqlmock"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/advisorylock"
+	"github.com/txlock/txlock/internal/testenv"
+)
+
+// holdInOtherTx takes key's advisory lock in a transaction of its own and
+// keeps it until the returned function is called.
+func holdInOtherTx(t *testing.T, db *sql.DB, l *advisorylock.Locker, key string) (release func()) {
+	t.Helper()
+	tx, err := db.BeginTx(context.Background(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := l.Acquire(context.Background(), txlock.Request{Keys: []string{key}, Tx: tx, TryOnce: true}); err != nil {
+		_ = tx.Rollback()
+		t.Fatal(err)
+	}
+	var once sync.Once
+	release = func() { once.Do(func() { _ = tx.Rollback() }) }
+	t.Cleanup(release)
+	return release
+}
+
+func noop(context.Context, *sql.Tx) error { return nil }
+
+func TestBusyWithoutWait(t *testing.T) {
+	db := testenv.Postgres(t)
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	holdInOtherTx(t, db, l, "k")
+	start := time.Now()
+	err := txlock.Run(context.Background(), db, []string{"k"}, noop, txlock.WithLocker(l), txlock.WithLockWait(0))
+	if !errors.Is(err, txlock.ErrLockBusy) {
+		t.Fatalf("err = %v, want ErrLockBusy", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("wait 0 took %v", d)
+	}
+}
+
+func TestWaitTimesOut(t *testing.T) {
+	db := testenv.Postgres(t)
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	holdInOtherTx(t, db, l, "k")
+	err := txlock.Run(context.Background(), db, []string{"a", "k"}, noop, txlock.WithLocker(l), txlock.WithLockWait(200*time.Millisecond))
+	if !errors.Is(err, txlock.ErrLockBusy) {
+		t.Fatalf("err = %v, want ErrLockBusy", err)
+	}
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "55P03" {
+		t.Errorf("want Postgres's lock_timeout (55P03) in the chain, got %v", err)
+	}
+}
+
+func TestWaitSucceedsWhenReleased(t *testing.T) {
+	db := testenv.Postgres(t)
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	release := holdInOtherTx(t, db, l, "k")
+	time.AfterFunc(100*time.Millisecond, release)
+	var timeout string
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		return tx.QueryRowContext(ctx, "SHOW lock_timeout").Scan(&timeout)
+	}, txlock.WithLocker(l), txlock.WithLockWait(10*time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if timeout != "0" {
+		t.Errorf("lock_timeout in the body = %q, want the session's own (0): the wait's setting leaked", timeout)
+	}
+}
+
+func TestCancelWhileWaiting(t *testing.T) {
+	db := testenv.Postgres(t)
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	holdInOtherTx(t, db, l, "k")
+	ctx, cancel := context.WithCancel(context.Background())
+	time.AfterFunc(100*time.Millisecond, cancel)
+	err := txlock.Run(ctx, db, []string{"k"}, noop, txlock.WithLocker(l))
+	if !errors.Is(err, context.Canceled) {
+		t.Fatalf("err = %v, want context.Canceled", err)
+	}
+}
+
+func TestAnyKey(t *testing.T) {
+	db := testenv.Postgres(t)
+	l := advisorylock.New()
+	keys := []string{"\x00", "'; DROP TABLE x; --", strings.Repeat("k", 100_000), "\xff\xfe", "名前", "a b\r\n"}
+	err := txlock.Run(context.Background(), db, keys, func(ctx context.Context, tx *sql.Tx) error {
+		var n int
+		err := tx.QueryRowContext(ctx, `SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&n)
+		if err == nil && n != len(keys) {
+			t.Errorf("holding %d advisory locks, want %d", n, len(keys))
+		}
+		return err
+	}, txlock.WithLocker(l))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var left int
+	if err := db.QueryRow(`SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()`).Scan(&left); err != nil {
+		t.Fatal(err)
+	}
+	if left != 0 {
+		t.Errorf("%d advisory locks survived the transaction", left)
+	}
+}
+
+func TestIDIsStableAndNamespaced(t *testing.T) {
+	// Pinned: a change here would let two versions of an application
+	// running side by side take different locks for one key.
+	if got, want := advisorylock.ID("", "name:ann"), advisorylock.ID("", "name:ann"); got != want {
+		t.Fatal("ID is not deterministic")
+	}
+	if advisorylock.ID("a", "k") == advisorylock.ID("b", "k") {
+		t.Error("namespaces do not separate keys")
+	}
+	if advisorylock.ID("ab", "c") == advisorylock.ID("a", "bc") {
+		t.Error("namespace and key run together")
+	}
+	const pinned = int64(7478031520636681635) // SHA-256("\x00name:ann")[:8], computed independently
+	if got := advisorylock.ID("", "name:ann"); got != pinned {
+		t.Errorf("ID(\"\", \"name:ann\") = %d, want %d (the hash must never change)", got, pinned)
+	}
+}
+
+// TestMutualExclusion: 12 goroutines increment a counter with a read then a
+// write at READ COMMITTED, where only the advisory lock prevents lost updates.
+func TestMutualExclusion(t *testing.T) {
+	db := testenv.Postgres(t)
+	if _, err := db.Exec("CREATE TABLE counter (n int NOT NULL); INSERT INTO counter VALUES (0)"); err != nil {
+		t.Fatal(err)
+	}
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	const workers, each = 12, 10
+	var wg sync.WaitGroup
+	var failed atomic.Int32
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range each {
+				err := txlock.Run(context.Background(), db, []string{"counter"}, func(ctx context.Context, tx *sql.Tx) error {
+					var n int
+					if err := tx.QueryRowContext(ctx, "SELECT n FROM counter").Scan(&n); err != nil {
+						return err
+					}
+					_, err := tx.ExecContext(ctx, "UPDATE counter SET n = $1", n+1)
+					return err
+				}, txlock.WithLocker(l))
+				if err != nil {
+					failed.Add(1)
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	var n int
+	if err := db.QueryRow("SELECT n FROM counter").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != workers*each {
+		t.Fatalf("counter = %d, want %d: updates were lost", n, workers*each)
+	}
+}
+
+func TestNoTransaction(t *testing.T) {
+	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}})
+	if !errors.Is(err, txlock.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+	var nilLocker *advisorylock.Locker
+	if _, err := nilLocker.Acquire(context.Background(), txlock.Request{Keys: []string{"k"}}); !errors.Is(err, txlock.ErrInvalid) {
+		t.Fatalf("nil locker: %v", err)
+	}
+}
+
+// The unit tests below pin the statements sent, with go-sqlmock.
+
+func mockTx(t *testing.T) (*sql.Tx, sqlmock.Sqlmock) {
+	t.Helper()
+	db, mock, err := sqlmock.New()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := mock.ExpectationsWereMet(); err != nil {
+			t.Error(err)
+		}
+		db.Close()
+	})
+	mock.ExpectBegin()
+	tx, err := db.Begin()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mock.ExpectRollback(); _ = tx.Rollback() })
+	return tx, mock
+}
+
+func TestUncontendedIsOneRoundTrip(t *testing.T) {
+	tx, mock := mockTx(t)
+	mock.ExpectQuery(`SELECT pg_try_advisory_xact_lock\(\$1\)`).
+		WithArgs(advisorylock.ID("", "k")).
+		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
+	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestManyKeysOneRoundTripInOrder(t *testing.T) {
+	tx, mock := mockTx(t)
+	ids := []int64{advisorylock.ID("", "a"), advisorylock.ID("", "b"), advisorylock.ID("", "c")}
+	sortInts(ids)
+	want := "{" + itoa(ids[0]) + "," + itoa(ids[1]) + "," + itoa(ids[2]) + "}"
+	mock.ExpectQuery(`WITH ORDINALITY`).WithArgs(want).
+		WillReturnRows(sqlmock.NewRows([]string{"i"}).AddRow(0))
+	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"c", "a", "b"}, Tx: tx}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestBusyThenWaitWithLockTimeout(t *testing.T) {
+	tx, mock := mockTx(t)
+	id := advisorylock.ID("", "k")
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+	mock.ExpectQuery(`SELECT current_setting\('lock_timeout'\), set_config\('lock_timeout', \$1, true\)`).
+		WillReturnRows(sqlmock.NewRows([]string{"old", "new"}).AddRow("0", "500ms"))
+	mock.ExpectExec(`SELECT pg_advisory_xact_lock\(id\) FROM unnest`).WithArgs("{" + itoa(id) + "}").
+		WillReturnError(&pgconn.PgError{Code: "55P03", Message: "canceling statement due to lock timeout"})
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	_, err := advisorylock.New().Acquire(ctx, txlock.Request{Keys: []string{"k"}, Tx: tx})
+	if !errors.Is(err, txlock.ErrLockBusy) {
+		t.Fatalf("err = %v, want ErrLockBusy", err)
+	}
+}
+
+func TestBusyTryOnce(t *testing.T) {
+	tx, mock := mockTx(t)
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx, TryOnce: true})
+	if !errors.Is(err, txlock.ErrLockBusy) {
+		t.Fatalf("err = %v, want ErrLockBusy", err)
+	}
+}
+
+func sortInts(xs []int64) { slices.Sort(xs) }
+
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }
