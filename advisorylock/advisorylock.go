@@ -41,6 +41,23 @@
 // A failed lock statement aborts the transaction, as any failed statement
 // does in Postgres: Run rolls it back. When txlock.Lock fails inside a body,
 // return its error.
+//
+// # Isolation levels
+//
+// At READ COMMITTED (Postgres's default) every statement after the lock sees
+// what earlier holders committed: the lock alone makes check-then-insert
+// correct. At SERIALIZABLE, Postgres itself detects the conflict with an
+// earlier holder and Run retries it. REPEATABLE READ is the odd one: the
+// transaction's snapshot is fixed by its first statement, which is the lock
+// statement itself, so it can predate the commit of the holder it waited
+// for. Acquire detects that in the same statement (a transaction that was
+// running at the snapshot, or started since, has committed) and fails with
+// an error wrapping txlock.ErrLockLost, so that Run retries with a new
+// snapshot. Under contention that costs an attempt per wait: at REPEATABLE
+// READ put memcachelock in front (writers then queue before BEGIN) or prefer
+// READ COMMITTED. Keys taken later with txlock.Lock at REPEATABLE READ hit
+// the same check against an older snapshot: pass them to Run instead.
+// Postgres 13 or later is required (pg_current_snapshot).
 package advisorylock
 
 import (
@@ -151,11 +168,14 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 		graceMu.Unlock()
 	}()
 
-	busy, err := tryLock(qctx, req.Tx, ids)
+	busy, isolation, stale, err := tryLock(qctx, req.Tx, ids)
 	if err != nil {
 		return nil, l.fail(ctx, err)
 	}
 	if busy < 0 {
+		if stale {
+			return nil, errStaleSnapshot
+		}
 		return lease{}, nil
 	}
 	if req.TryOnce {
@@ -164,8 +184,19 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 	if err := waitLock(qctx, ctx, req.Tx, ids[busy:]); err != nil {
 		return nil, l.fail(ctx, err)
 	}
+	if isolation == "repeatable read" {
+		// We waited for a holder that has since committed; our
+		// snapshot, fixed before the wait, cannot see its writes.
+		return nil, errStaleSnapshot
+	}
 	return lease{}, nil
 }
+
+// errStaleSnapshot makes Run retry: under REPEATABLE READ a snapshot taken
+// before the lock may miss the previous holder's writes, and only a new
+// transaction gets a new snapshot. It wraps txlock.ErrLockLost, which Run
+// retries.
+var errStaleSnapshot = fmt.Errorf("%w: advisorylock: the REPEATABLE READ snapshot predates the lock; a new transaction is needed", txlock.ErrLockLost)
 
 func (l *Locker) fail(ctx context.Context, err error) error {
 	if code, ok := sqladapter.SQLState(err); ok && code == sqladapter.CodeLockNotAvailable {
@@ -177,32 +208,38 @@ func (l *Locker) fail(ctx context.Context, err error) error {
 	return fmt.Errorf("advisorylock: %w", err)
 }
 
-// tryLock tries every lock in order without waiting, stopping at the first
-// busy one, in one round trip. It returns the index of the busy lock, or -1
-// when all are held. Locks before the busy one stay held (transaction-level
-// advisory locks cannot be given back early); taking them again later only
-// raises their count.
-func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (int, error) {
-	if len(ids) == 1 {
-		var ok bool
-		if err := tx.QueryRowContext(ctx, `SELECT pg_try_advisory_xact_lock($1)`, ids[0]).Scan(&ok); err != nil {
-			return 0, err
-		}
-		if ok {
-			return -1, nil
-		}
-		return 0, nil
-	}
-	// unnest returns the array in order and LIMIT 1 stops at the first
-	// busy lock, so no lock after it is tried.
+// tryQuery tries every lock in array order without waiting and stops at the
+// first busy one (unnest keeps the order, LIMIT 1 stops the scan), returning
+// its 1-based position or 0. Locks before a busy one stay held:
+// transaction-level advisory locks cannot be given back early; taking them
+// again later only raises their count.
+//
+// The second column is evaluated after the first (a target list runs left
+// to right) and only under REPEATABLE READ, where the transaction's snapshot
+// was fixed when this very statement started, before the lock was taken. It
+// reports whether any transaction that could have held the lock before us
+// committed after that snapshot: one that was in progress then, or one that
+// started since (whose ids lie between the snapshot's xmax and ours).
+const tryQuery = `SELECT
+	coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
+		WHERE NOT pg_try_advisory_xact_lock(id) LIMIT 1), 0),
+	current_setting('transaction_isolation'),
+	CASE WHEN current_setting('transaction_isolation') = 'repeatable read' THEN
+		EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+			WHERE pg_xact_status(x) = 'committed')
+		OR EXISTS (SELECT 1 FROM generate_series(
+				pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+				pg_current_xact_id()::text::bigint - 1) AS g
+			WHERE pg_xact_status(g::text::xid8) = 'committed')
+	ELSE false END`
+
+// tryLock runs tryQuery. busy is the index of the first busy lock, or -1.
+func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (busy int, isolation string, stale bool, err error) {
 	var first int64
-	err := tx.QueryRowContext(ctx, `SELECT coalesce((
-		SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
-		WHERE NOT pg_try_advisory_xact_lock(id) LIMIT 1), 0)`, arrayLiteral(ids)).Scan(&first)
-	if err != nil {
-		return 0, err
+	if err := tx.QueryRowContext(ctx, tryQuery, arrayLiteral(ids)).Scan(&first, &isolation, &stale); err != nil {
+		return 0, "", false, err
 	}
-	return int(first) - 1, nil
+	return int(first) - 1, isolation, stale, nil
 }
 
 // waitLock takes the locks in order, waiting at most until waitCtx's

@@ -216,9 +216,9 @@ func mockTx(t *testing.T) (*sql.Tx, sqlmock.Sqlmock) {
 
 func TestUncontendedIsOneRoundTrip(t *testing.T) {
 	tx, mock := mockTx(t)
-	mock.ExpectQuery(`SELECT pg_try_advisory_xact_lock\(\$1\)`).
-		WithArgs(advisorylock.ID("", "k")).
-		WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(true))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).
+		WithArgs("{" + itoa(advisorylock.ID("", "k")) + "}").
+		WillReturnRows(tryRows(0, "read committed", false))
 	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx}); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestManyKeysOneRoundTripInOrder(t *testing.T) {
 	sortInts(ids)
 	want := "{" + itoa(ids[0]) + "," + itoa(ids[1]) + "," + itoa(ids[2]) + "}"
 	mock.ExpectQuery(`WITH ORDINALITY`).WithArgs(want).
-		WillReturnRows(sqlmock.NewRows([]string{"i"}).AddRow(0))
+		WillReturnRows(tryRows(0, "read committed", false))
 	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"c", "a", "b"}, Tx: tx}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestManyKeysOneRoundTripInOrder(t *testing.T) {
 func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 	tx, mock := mockTx(t)
 	id := advisorylock.ID("", "k")
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed", false))
 	mock.ExpectQuery(`SELECT current_setting\('lock_timeout'\), set_config\('lock_timeout', \$1, true\)`).
 		WillReturnRows(sqlmock.NewRows([]string{"old", "new"}).AddRow("0", "500ms"))
 	mock.ExpectExec(`SELECT pg_advisory_xact_lock\(id\) FROM unnest`).WithArgs("{" + itoa(id) + "}").
@@ -254,13 +254,76 @@ func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 
 func TestBusyTryOnce(t *testing.T) {
 	tx, mock := mockTx(t)
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(sqlmock.NewRows([]string{"ok"}).AddRow(false))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed", false))
 	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx, TryOnce: true})
 	if !errors.Is(err, txlock.ErrLockBusy) {
 		t.Fatalf("err = %v, want ErrLockBusy", err)
 	}
 }
 
+func tryRows(firstBusy int, isolation string, stale bool) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"busy", "isolation", "stale"}).AddRow(firstBusy, isolation, stale)
+}
+
+func TestStaleRepeatableReadSnapshotIsRetried(t *testing.T) {
+	tx, mock := mockTx(t)
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(0, "repeatable read", true))
+	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx})
+	if !errors.Is(err, txlock.ErrLockLost) {
+		t.Fatalf("err = %v, want ErrLockLost (Run retries it)", err)
+	}
+}
+
 func sortInts(xs []int64) { slices.Sort(xs) }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// TestRepeatableReadSeesPreviousHolder: at REPEATABLE READ the snapshot is
+// fixed by the lock statement itself, so a waiter's snapshot predates the
+// holder's commit. Without the stale-snapshot check this test inserts
+// duplicates; with it, Run retries and every later body sees the row.
+func TestRepeatableReadSeesPreviousHolder(t *testing.T) {
+	db := testenv.Postgres(t)
+	if _, err := db.Exec("CREATE TABLE names (name text NOT NULL)"); err != nil {
+		t.Fatal(err)
+	}
+	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
+	rr := txlock.WithTxOptions(&sql.TxOptions{Isolation: sql.LevelRepeatableRead})
+	const workers = 12
+	var wg sync.WaitGroup
+	var inserted atomic.Int32
+	start := make(chan struct{})
+	for range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			err := txlock.Run(context.Background(), db, []string{"name:ann"}, func(ctx context.Context, tx *sql.Tx) error {
+				var n int
+				if err := tx.QueryRowContext(ctx, "SELECT count(*) FROM names WHERE name = 'ann'").Scan(&n); err != nil {
+					return err
+				}
+				if n > 0 {
+					return nil
+				}
+				time.Sleep(2 * time.Millisecond)
+				if _, err := tx.ExecContext(ctx, "INSERT INTO names VALUES ('ann')"); err != nil {
+					return err
+				}
+				return txlock.AfterCommit(ctx, func() { inserted.Add(1) })
+			}, txlock.WithLocker(l), rr, txlock.WithMaxAttempts(100))
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM names").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 1 || inserted.Load() != 1 {
+		t.Fatalf("%d rows, %d acknowledged inserts; want 1 and 1", n, inserted.Load())
+	}
+}
