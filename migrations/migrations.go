@@ -9,8 +9,10 @@ package migrations
 
 import (
 	"context"
+	"crypto/sha256"
 	"database/sql"
 	"embed"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -43,8 +45,9 @@ func FS(dialect string) (fs.FS, error) {
 
 // Up applies every migration of dialect ("postgres" or "sqlite") that db has
 // not seen yet, recording them in goose's version table, so calling it again
-// is a no-op. On Postgres it holds a session advisory lock while it works,
-// so several processes starting at once apply each migration once.
+// is a no-op. On Postgres it holds a session advisory lock, one per schema,
+// while it works, so several processes starting at once apply each
+// migration once.
 func Up(ctx context.Context, db *sql.DB, dialect string) error {
 	if db == nil {
 		return errors.New("migrations: nil *sql.DB")
@@ -57,7 +60,18 @@ func Up(ctx context.Context, db *sql.DB, dialect string) error {
 	gooseDialect := goose.DialectSQLite3
 	if dialect == Postgres {
 		gooseDialect = goose.DialectPostgres
-		locker, err := lock.NewPostgresSessionLocker()
+		// goose's default lock id is one for the whole server, so
+		// migrations of unrelated schemas (parallel tests, two apps)
+		// would queue behind each other, polling every 5 s. The id is
+		// derived from the schema instead, and polled every second.
+		var schema string
+		if err := db.QueryRowContext(ctx, `SELECT current_schema()`).Scan(&schema); err != nil {
+			return fmt.Errorf("migrations: %w", err)
+		}
+		sum := sha256.Sum256([]byte("txlock/migrations\x00" + schema))
+		locker, err := lock.NewPostgresSessionLocker(
+			lock.WithLockID(int64(binary.BigEndian.Uint64(sum[:8])>>1)),
+			lock.WithLockTimeout(1, 300))
 		if err != nil {
 			return fmt.Errorf("migrations: %w", err)
 		}
