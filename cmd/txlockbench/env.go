@@ -1,0 +1,222 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"os/exec"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+	_ "github.com/jackc/pgx/v5/stdlib"
+
+	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/advisorylock"
+	"github.com/txlock/txlock/memcachelock"
+)
+
+const schemaDDL = `
+CREATE TABLE bench_names (
+	id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+	name       text NOT NULL,
+	owner      text NOT NULL,
+	expires_at timestamptz NOT NULL
+);
+CREATE INDEX bench_names_name ON bench_names (name, expires_at);`
+
+type benchEnv struct {
+	dbURL  string // with search_path set to the private schema
+	admin  *sql.DB
+	schema string
+	mcAddr string
+	mcCmd  *exec.Cmd
+}
+
+func setup(ctx context.Context, o options) (*benchEnv, error) {
+	admin, err := sql.Open("pgx", o.db)
+	if err != nil {
+		return nil, err
+	}
+	if err := admin.PingContext(ctx); err != nil {
+		return nil, fmt.Errorf("postgres %s: %w", o.db, err)
+	}
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	env := &benchEnv{admin: admin, schema: "txlockbench_" + hex.EncodeToString(b[:])}
+	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+env.schema); err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(o.db)
+	if err != nil {
+		return nil, err
+	}
+	q := u.Query()
+	q.Set("search_path", env.schema)
+	u.RawQuery = q.Encode()
+	env.dbURL = u.String()
+	db, err := env.open()
+	if err != nil {
+		env.Close()
+		return nil, err
+	}
+	defer db.Close()
+	if _, err := db.ExecContext(ctx, schemaDDL); err != nil {
+		env.Close()
+		return nil, err
+	}
+	env.mcAddr = o.memcached
+	if env.mcAddr == "" {
+		if err := env.startMemcached(); err != nil {
+			env.Close()
+			return nil, err
+		}
+	}
+	return env, nil
+}
+
+func (e *benchEnv) open() (*sql.DB, error) {
+	db, err := sql.Open("pgx", e.dbURL)
+	if err != nil {
+		return nil, err
+	}
+	db.SetMaxIdleConns(64)
+	return db, nil
+}
+
+func (e *benchEnv) truncate(ctx context.Context) error {
+	_, err := e.admin.ExecContext(ctx, "TRUNCATE "+e.schema+".bench_names")
+	return err
+}
+
+func (e *benchEnv) Close() {
+	if e.mcCmd != nil {
+		_ = e.mcCmd.Process.Kill()
+		_ = e.mcCmd.Wait()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, _ = e.admin.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+e.schema+" CASCADE")
+	_ = e.admin.Close()
+}
+
+func (e *benchEnv) startMemcached() error {
+	bin, err := exec.LookPath("memcached")
+	if err != nil {
+		bin = "/usr/bin/memcached"
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	port := l.Addr().(*net.TCPAddr).Port
+	l.Close()
+	args := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-m", "64", "-c", "4096", "-t", "2"}
+	if os.Geteuid() == 0 {
+		args = append(args, "-u", "root")
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start memcached (apt-get install -y memcached): %w", err)
+	}
+	e.mcCmd = cmd
+	e.mcAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	for i := 0; i < 200; i++ {
+		if c, err := net.DialTimeout("tcp", e.mcAddr, 100*time.Millisecond); err == nil {
+			c.Close()
+			return nil
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	return errors.New("memcached did not start")
+}
+
+// mcOps returns memcached's count of commands served so far: gets, stores
+// (add, set, cas), touches, deletes, incr/decr.
+func mcOps(addr string) (int64, error) {
+	c, err := net.DialTimeout("tcp", addr, time.Second)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+	if _, err := c.Write([]byte("stats\r\n")); err != nil {
+		return 0, err
+	}
+	counted := map[string]bool{"cmd_get": true, "cmd_set": true, "cmd_touch": true,
+		"delete_hits": true, "delete_misses": true, "incr_hits": true, "incr_misses": true,
+		"decr_hits": true, "decr_misses": true}
+	var total int64
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "END" {
+			return total, nil
+		}
+		f := strings.Fields(line)
+		if len(f) == 3 && counted[f[1]] {
+			n, _ := strconv.ParseInt(f[2], 10, 64)
+			total += n
+		}
+	}
+	return total, sc.Err()
+}
+
+// lockers builds the locker set for a mode. ok is false for modes that
+// take no lock through txlock (bare, retry-only, seeds).
+func lockers(mode, mcAddr string) ([]txlock.Option, error) {
+	mc := func() *memcache.Client {
+		c := memcache.New(mcAddr)
+		c.Timeout = 500 * time.Millisecond
+		c.MaxIdleConns = 64
+		return c
+	}
+	switch mode {
+	case "bare", "retry-only":
+		return nil, nil
+	case "seeds":
+		return []txlock.Option{txlock.WithLocker(&seedsLocker{mc: mc()})}, nil
+	case "local":
+		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker())}, nil
+	case "memcached":
+		return []txlock.Option{txlock.WithLocker(memcachelock.New(mc()))}, nil
+	case "advisory":
+		return []txlock.Option{txlock.WithLocker(advisorylock.New())}, nil
+	case "memcached+advisory":
+		return []txlock.Option{txlock.WithLocker(memcachelock.New(mc()), advisorylock.New())}, nil
+	}
+	return nil, fmt.Errorf("unknown mode %q", mode)
+}
+
+// cpuJiffies returns the machine's busy CPU time from /proc/stat (all
+// processes: app, Postgres, memcached), in seconds.
+func cpuBusy() float64 {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	var busy float64
+	for i, v := range f[1:] {
+		n, _ := strconv.ParseFloat(v, 64)
+		if i == 3 || i == 4 { // idle, iowait
+			continue
+		}
+		busy += n
+	}
+	return busy / 100 // USER_HZ
+}
+
+func gomaxprocs() int { return runtime.GOMAXPROCS(0) }

@@ -1,0 +1,192 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"math"
+	"os"
+	"slices"
+	"text/tabwriter"
+	"time"
+)
+
+func (e *benchEnv) job(mode string, o options) job {
+	return job{Mode: mode, DB: e.dbURL, MC: e.mcAddr, Work: o.work, Duration: o.duration}
+}
+
+// check counts what must never happen: more than one active reservation
+// of a name, and a committed reservation missing.
+func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, err error) {
+	err = e.admin.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT name FROM `+e.schema+`.bench_names
+		WHERE expires_at > now() GROUP BY name HAVING count(*) > 1) d`).Scan(&dups)
+	if err != nil {
+		return 0, 0, err
+	}
+	var rows int
+	if err := e.admin.QueryRowContext(ctx, `SELECT count(*) FROM `+e.schema+`.bench_names`).Scan(&rows); err != nil {
+		return 0, 0, err
+	}
+	return dups, max(commits-rows, 0), nil
+}
+
+func uncontended(ctx context.Context, e *benchEnv, o options) error {
+	const workers = 8
+	fmt.Printf("\n== uncontended check-then-insert: %d workers, distinct names, %v per row\n", workers, o.duration)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tcommits/s\tvs bare\tvs local\tmemcached ops/run\tp99 ms\terrors\tdups\t")
+	var bare, local float64
+	for _, mode := range []string{"bare", "local", "memcached", "advisory", "memcached+advisory"} {
+		if err := e.truncate(ctx); err != nil {
+			return err
+		}
+		j := e.job(mode, o)
+		j.ColdWorkers = workers
+		ops0, err := mcOps(e.mcAddr)
+		if err != nil {
+			return err
+		}
+		r, err := runProcs(ctx, j, 1)
+		if err != nil {
+			return err
+		}
+		ops1, _ := mcOps(e.mcAddr)
+		dups, missing, err := e.check(ctx, r.Cold.Commits)
+		if err != nil {
+			return err
+		}
+		rate := float64(r.Cold.Commits) / o.duration.Seconds()
+		switch mode {
+		case "bare":
+			bare = rate
+		case "local":
+			local = rate
+		}
+		vsLocal := "-"
+		if mode != "bare" && local > 0 {
+			vsLocal = fmt.Sprintf("%.3f", rate/local)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.2f\t%d\t%d\t\n", mode, rate, rate/bare, vsLocal,
+			float64(ops1-ops0)/float64(max(r.Cold.Commits, 1)), pct(r.Cold.Lat, 0.99)*1000, r.Cold.Errors, dups+missing)
+		if r.Cold.FirstErr != "" {
+			defer fmt.Printf("  %s: first error: %s\n", mode, r.Cold.FirstErr)
+		}
+	}
+	return tw.Flush()
+}
+
+func hot(ctx context.Context, e *benchEnv, o options) error {
+	// The serial bound: one worker, no contention, the same body.
+	if err := e.truncate(ctx); err != nil {
+		return err
+	}
+	base := e.job("local", o)
+	base.HotWorkers = 1
+	base.Duration = min(o.duration, 3*time.Second)
+	r, err := runProcs(ctx, base, 1)
+	if err != nil {
+		return err
+	}
+	single := mean(r.Hot.Lat)
+	serial := 1 / single
+	fair := float64(o.workers) * single
+	fmt.Printf("\n== hot key: %d workers over %d processes rotate one name, %v CPU work per body, %v per row\n",
+		o.workers, o.procs, o.work, o.duration)
+	fmt.Printf("uncontended run %.2f ms: serial bound %.0f commits/s, fair bound (p99) %.0f ms\n", single*1000, serial, fair*1000)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tprocs\tgoodput/s\t/serial\tp50 ms\tp99 ms\tp99/fair\taborts/commit\tCPU ms/commit\terrors\tdups\t")
+	type row struct{ p99, cpu float64 }
+	rows := map[string]row{}
+	for _, mode := range []string{"retry-only", "seeds", "local", "memcached", "advisory", "memcached+advisory"} {
+		if err := e.truncate(ctx); err != nil {
+			return err
+		}
+		procs := o.procs
+		if mode == "local" {
+			procs = 1 // an in-process lock guards one process
+		}
+		j := e.job(mode, o)
+		j.HotWorkers = o.workers
+		cpu0 := cpuBusy()
+		r, err := runProcs(ctx, j, procs)
+		if err != nil {
+			return err
+		}
+		cpu := cpuBusy() - cpu0
+		dups, missing, err := e.check(ctx, r.Hot.Commits)
+		if err != nil {
+			return err
+		}
+		h := r.Hot
+		goodput := float64(h.Commits) / o.duration.Seconds()
+		aborts := float64(h.Attempts-h.Commits) / float64(max(h.Commits, 1))
+		p99 := pct(h.Lat, 0.99)
+		cpuPer := cpu / float64(max(h.Commits, 1))
+		rows[mode] = row{p99, cpuPer}
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.1f\t%.1f\t%.2f\t%.3f\t%.2f\t%d\t%d\t\n", mode, procs, goodput, goodput/serial,
+			pct(h.Lat, 0.5)*1000, p99*1000, p99/fair, aborts, cpuPer*1000, h.Errors, dups+missing)
+		if h.FirstErr != "" {
+			defer fmt.Printf("  %s: first error: %s\n", mode, h.FirstErr)
+		}
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	mc := rows["memcached"]
+	fmt.Printf("p99 memcached / retry-only: %.3f   p99 memcached / seeds: %.3f   CPU per commit memcached / retry-only: %.3f\n",
+		mc.p99/rows["retry-only"].p99, mc.p99/rows["seeds"].p99, mc.cpu/rows["retry-only"].cpu)
+	return nil
+}
+
+func pool(ctx context.Context, e *benchEnv, o options) error {
+	const poolSize, hotWorkers, coldWorkers = 8, 16, 8
+	fmt.Printf("\n== hot key plus cold keys through a pool of %d connections: %d hot workers, %d cold, %v per row\n",
+		poolSize, hotWorkers, coldWorkers, o.duration)
+	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "mode\tcold commits/s\tcold p50 ms\tcold p99 ms\thot commits/s\terrors\tdups\t")
+	p99 := map[string]float64{}
+	for _, mode := range []string{"memcached", "advisory"} {
+		if err := e.truncate(ctx); err != nil {
+			return err
+		}
+		j := e.job(mode, o)
+		j.HotWorkers, j.ColdWorkers, j.Pool = hotWorkers, coldWorkers, poolSize
+		r, err := runProcs(ctx, j, 1)
+		if err != nil {
+			return err
+		}
+		dups, missing, err := e.check(ctx, r.Hot.Commits+r.Cold.Commits)
+		if err != nil {
+			return err
+		}
+		p99[mode] = pct(r.Cold.Lat, 0.99)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.1f\t%.1f\t%.0f\t%d\t%d\t\n", mode, float64(r.Cold.Commits)/o.duration.Seconds(),
+			pct(r.Cold.Lat, 0.5)*1000, p99[mode]*1000, float64(r.Hot.Commits)/o.duration.Seconds(),
+			r.Hot.Errors+r.Cold.Errors, dups+missing)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	fmt.Printf("cold-key p99 memcached / advisory: %.3f\n", p99["memcached"]/p99["advisory"])
+	return nil
+}
+
+func pct(xs []float64, p float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	i := int(math.Ceil(p*float64(len(s)))) - 1
+	return s[max(i, 0)]
+}
+
+func mean(xs []float64) float64 {
+	if len(xs) == 0 {
+		return math.NaN()
+	}
+	var sum float64
+	for _, x := range xs {
+		sum += x
+	}
+	return sum / float64(len(xs))
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/retry"
+)
+
+const childEnv = "TXLOCKBENCH_CHILD"
+
+// job is one process's share of a row.
+type job struct {
+	Mode        string
+	DB          string
+	MC          string
+	Proc        int
+	HotWorkers  int
+	ColdWorkers int
+	Pool        int // max open connections, 0 = unlimited
+	Work        time.Duration
+	Start       time.Time // all processes start together
+	Duration    time.Duration
+}
+
+// tally is what a group of workers measured.
+type tally struct {
+	Commits  int
+	Attempts int
+	Errors   int
+	FirstErr string
+	Lat      []float64 // seconds, one per commit
+}
+
+func (t *tally) merge(o tally) {
+	t.Commits += o.Commits
+	t.Attempts += o.Attempts
+	t.Errors += o.Errors
+	if t.FirstErr == "" {
+		t.FirstErr = o.FirstErr
+	}
+	t.Lat = append(t.Lat, o.Lat...)
+}
+
+type report struct {
+	Hot, Cold tally
+}
+
+func childMain() int {
+	var j job
+	if err := json.Unmarshal([]byte(os.Getenv(childEnv)), &j); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 2
+	}
+	r, err := runJob(context.Background(), j)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	if err := json.NewEncoder(os.Stdout).Encode(r); err != nil {
+		return 1
+	}
+	return 0
+}
+
+// runProcs runs a row over procs processes (procs == 1 runs in this one)
+// and merges what they measured.
+func runProcs(ctx context.Context, j job, procs int) (report, error) {
+	j.Start = time.Now().Add(300 * time.Millisecond)
+	if procs <= 1 {
+		return runJob(ctx, j)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return report{}, err
+	}
+	hot, cold := j.HotWorkers, j.ColdWorkers
+	j.Start = time.Now().Add(time.Second) // children need time to start
+	var wg sync.WaitGroup
+	reports := make([]report, procs)
+	errs := make([]error, procs)
+	for p := range procs {
+		pj := j
+		pj.Proc = p
+		pj.HotWorkers = share(hot, procs, p)
+		pj.ColdWorkers = share(cold, procs, p)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			b, _ := json.Marshal(pj)
+			cmd := exec.CommandContext(ctx, self)
+			cmd.Env = append(os.Environ(), childEnv+"="+string(b))
+			cmd.Stderr = os.Stderr
+			out, err := cmd.Output()
+			if err != nil {
+				errs[p] = fmt.Errorf("process %d: %w", p, err)
+				return
+			}
+			errs[p] = json.Unmarshal(out, &reports[p])
+		}()
+	}
+	wg.Wait()
+	var r report
+	for p := range procs {
+		if errs[p] != nil {
+			return r, errs[p]
+		}
+		r.Hot.merge(reports[p].Hot)
+		r.Cold.merge(reports[p].Cold)
+	}
+	return r, nil
+}
+
+func share(n, parts, i int) int {
+	s := n / parts
+	if i < n%parts {
+		s++
+	}
+	return s
+}
+
+func runJob(ctx context.Context, j job) (report, error) {
+	db, err := sql.Open("pgx", j.DB)
+	if err != nil {
+		return report{}, err
+	}
+	defer db.Close()
+	if j.Pool > 0 {
+		db.SetMaxOpenConns(j.Pool)
+		db.SetMaxIdleConns(j.Pool)
+	} else {
+		db.SetMaxIdleConns(j.HotWorkers + j.ColdWorkers)
+	}
+	lockOpts, err := lockers(j.Mode, j.MC)
+	if err != nil {
+		return report{}, err
+	}
+	// Warm the pool so connection set-up is not measured.
+	var warm sync.WaitGroup
+	for range min(j.HotWorkers+j.ColdWorkers, max(j.Pool, 1)*4) {
+		warm.Add(1)
+		go func() { defer warm.Done(); _ = db.PingContext(ctx) }()
+	}
+	warm.Wait()
+
+	time.Sleep(time.Until(j.Start))
+	deadline := j.Start.Add(j.Duration)
+	var mu sync.Mutex
+	var r report
+	var wg sync.WaitGroup
+	var seq atomic.Int64
+	worker := func(hot bool, w int) {
+		defer wg.Done()
+		var t tally
+		for time.Now().Before(deadline) {
+			name := "hot"
+			if !hot {
+				name = fmt.Sprintf("cold-%d-%d-%d", j.Proc, w, seq.Add(1))
+			}
+			start := time.Now()
+			attempts, err := one(ctx, db, j, lockOpts, name, hot)
+			t.Attempts += attempts
+			if err != nil {
+				t.Errors++
+				if t.FirstErr == "" {
+					t.FirstErr = err.Error()
+				}
+				continue
+			}
+			t.Commits++
+			t.Lat = append(t.Lat, time.Since(start).Seconds())
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if hot {
+			r.Hot.merge(t)
+		} else {
+			r.Cold.merge(t)
+		}
+	}
+	for w := range j.HotWorkers {
+		wg.Add(1)
+		go worker(true, w)
+	}
+	for w := range j.ColdWorkers {
+		wg.Add(1)
+		go worker(false, w)
+	}
+	wg.Wait()
+	return r, nil
+}
+
+var serializable = &sql.TxOptions{Isolation: sql.LevelSerializable}
+
+// one runs a single reservation in the row's mode and returns how many
+// attempts it took.
+func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name string, hot bool) (int, error) {
+	body := func(ctx context.Context, tx *sql.Tx) error {
+		if hot {
+			return rotate(ctx, tx, name, j.Work)
+		}
+		return reserve(ctx, tx, name)
+	}
+	if j.Mode == "bare" {
+		tx, err := db.BeginTx(ctx, nil)
+		if err != nil {
+			return 1, err
+		}
+		if err := body(ctx, tx); err != nil {
+			_ = tx.Rollback()
+			return 1, err
+		}
+		return 1, tx.Commit()
+	}
+	attempts := 0
+	opts := append(slices.Clip(lockOpts),
+		txlock.WithMaxAttempts(1000),
+		txlock.WithObserver(func(txlock.Event) { attempts++ }))
+	var keys []string
+	if j.Mode == "retry-only" {
+		opts = append(opts, txlock.WithTxOptions(serializable), txlock.WithBackoff(retry.Default))
+	} else {
+		keys = []string{"name:" + name}
+	}
+	err := txlock.Run(ctx, db, keys, body, opts...)
+	return attempts, err
+}
+
+var errTaken = errors.New("name taken")
+
+// reserve is the uncontended check-then-insert.
+func reserve(ctx context.Context, tx *sql.Tx, name string) error {
+	var active bool
+	if err := tx.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM bench_names WHERE name = $1 AND expires_at > now())`, name).Scan(&active); err != nil {
+		return err
+	}
+	if active {
+		return errTaken
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO bench_names (name, owner, expires_at) VALUES ($1, 'bench', now() + interval '1 hour')`, name)
+	return err
+}
+
+// rotate is the hot-key body: read the active reservation, spend work of
+// CPU (the expensive part the seeds talk of), expire it, insert the next.
+func rotate(ctx context.Context, tx *sql.Tx, name string, work time.Duration) error {
+	var id int64
+	err := tx.QueryRowContext(ctx, `SELECT id FROM bench_names WHERE name = $1 AND expires_at > now() ORDER BY id DESC LIMIT 1`, name).Scan(&id)
+	if err != nil && !errors.Is(err, sql.ErrNoRows) {
+		return err
+	}
+	spin(work)
+	if id != 0 {
+		if _, err := tx.ExecContext(ctx, `UPDATE bench_names SET expires_at = now() WHERE id = $1`, id); err != nil {
+			return err
+		}
+	}
+	_, err = tx.ExecContext(ctx, `INSERT INTO bench_names (name, owner, expires_at) VALUES ($1, 'bench', now() + interval '1 hour')`, name)
+	return err
+}
+
+func spin(d time.Duration) {
+	for start := time.Now(); time.Since(start) < d; {
+	}
+}
