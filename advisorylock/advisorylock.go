@@ -50,8 +50,9 @@
 // earlier holder and Run retries it. REPEATABLE READ is the odd one: the
 // transaction's snapshot is fixed by its first statement, which is the lock
 // statement itself, so it can predate the commit of the holder it waited
-// for. Acquire detects that in the same statement (a transaction that was
-// running at the snapshot, or started since, has committed) and fails with
+// for. Acquire checks that right after taking the locks, in one more round
+// trip that only REPEATABLE READ pays (has a transaction that was running at
+// the snapshot, or started since, committed?), and fails with
 // an error wrapping txlock.ErrLockLost, so that Run retries with a new
 // snapshot. Under contention that costs an attempt per wait: at REPEATABLE
 // READ put memcachelock in front (writers then queue before BEGIN) or prefer
@@ -168,13 +169,19 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 		graceMu.Unlock()
 	}()
 
-	busy, isolation, stale, err := tryLock(qctx, req.Tx, ids)
+	busy, isolation, err := tryLock(qctx, req.Tx, ids)
 	if err != nil {
 		return nil, l.fail(ctx, err)
 	}
 	if busy < 0 {
-		if stale {
-			return nil, errStaleSnapshot
+		if isolation == repeatableRead {
+			stale, err := snapshotStale(qctx, req.Tx)
+			if err != nil {
+				return nil, l.fail(ctx, err)
+			}
+			if stale {
+				return nil, errStaleSnapshot
+			}
 		}
 		return lease{}, nil
 	}
@@ -184,7 +191,7 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 	if err := waitLock(qctx, ctx, req.Tx, ids[busy:]); err != nil {
 		return nil, l.fail(ctx, err)
 	}
-	if isolation == "repeatable read" {
+	if isolation == repeatableRead {
 		// We waited for a holder that has since committed; our
 		// snapshot, fixed before the wait, cannot see its writes.
 		return nil, errStaleSnapshot
@@ -212,34 +219,52 @@ func (l *Locker) fail(ctx context.Context, err error) error {
 // first busy one (unnest keeps the order, LIMIT 1 stops the scan), returning
 // its 1-based position or 0. Locks before a busy one stay held:
 // transaction-level advisory locks cannot be given back early; taking them
-// again later only raises their count.
-//
-// The second column is evaluated after the first (a target list runs left
-// to right) and only under REPEATABLE READ, where the transaction's snapshot
-// was fixed when this very statement started, before the lock was taken. It
-// reports whether any transaction that could have held the lock before us
-// committed after that snapshot: one that was in progress then, or one that
-// started since (whose ids lie between the snapshot's xmax and ours).
-const tryQuery = `SELECT
-	coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
+// again later only raises their count. tryOneQuery is the same for the
+// common single key, cheaper for the server. Both also return the
+// transaction's isolation level, which decides whether staleQuery must run.
+const (
+	tryOneQuery = `SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 0 ELSE 1 END,
+	current_setting('transaction_isolation')`
+	tryQuery = `SELECT coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
 		WHERE NOT pg_try_advisory_xact_lock(id) LIMIT 1), 0),
-	current_setting('transaction_isolation'),
-	CASE WHEN current_setting('transaction_isolation') = 'repeatable read' THEN
-		EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
-			WHERE pg_xact_status(x) = 'committed')
-		OR EXISTS (SELECT 1 FROM generate_series(
-				pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
-				pg_current_xact_id()::text::bigint - 1) AS g
-			WHERE pg_xact_status(g::text::xid8) = 'committed')
-	ELSE false END`
+	current_setting('transaction_isolation')`
+)
 
-// tryLock runs tryQuery. busy is the index of the first busy lock, or -1.
-func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (busy int, isolation string, stale bool, err error) {
+// staleQuery runs under REPEATABLE READ only, right after the locks are
+// taken. The transaction's snapshot was fixed when the lock statement
+// started, before the lock was held. It reports whether any transaction
+// that could have held the lock before us committed after that snapshot: one
+// that was in progress then, or one that started since (whose ids lie
+// between the snapshot's xmax and ours). It can say yes for a transaction
+// that never touched our keys; that costs a retry, never a duplicate.
+const staleQuery = `SELECT
+	EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
+		WHERE pg_xact_status(x) = 'committed')
+	OR EXISTS (SELECT 1 FROM generate_series(
+			pg_snapshot_xmax(pg_current_snapshot())::text::bigint,
+			pg_current_xact_id()::text::bigint - 1) AS g
+		WHERE pg_xact_status(g::text::xid8) = 'committed')`
+
+const repeatableRead = "repeatable read"
+
+// tryLock tries the locks. busy is the index of the first busy lock, or -1.
+func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (busy int, isolation string, err error) {
 	var first int64
-	if err := tx.QueryRowContext(ctx, tryQuery, arrayLiteral(ids)).Scan(&first, &isolation, &stale); err != nil {
-		return 0, "", false, err
+	if len(ids) == 1 {
+		err = tx.QueryRowContext(ctx, tryOneQuery, ids[0]).Scan(&first, &isolation)
+	} else {
+		err = tx.QueryRowContext(ctx, tryQuery, arrayLiteral(ids)).Scan(&first, &isolation)
 	}
-	return int(first) - 1, isolation, stale, nil
+	if err != nil {
+		return 0, "", err
+	}
+	return int(first) - 1, isolation, nil
+}
+
+func snapshotStale(ctx context.Context, tx *sql.Tx) (bool, error) {
+	var stale bool
+	err := tx.QueryRowContext(ctx, staleQuery).Scan(&stale)
+	return stale, err
 }
 
 // waitLock takes the locks in order, waiting at most until waitCtx's

@@ -216,9 +216,9 @@ func mockTx(t *testing.T) (*sql.Tx, sqlmock.Sqlmock) {
 
 func TestUncontendedIsOneRoundTrip(t *testing.T) {
 	tx, mock := mockTx(t)
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).
-		WithArgs("{" + itoa(advisorylock.ID("", "k")) + "}").
-		WillReturnRows(tryRows(0, "read committed", false))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock\(\$1\)`).
+		WithArgs(advisorylock.ID("", "k")).
+		WillReturnRows(tryRows(0, "read committed"))
 	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx}); err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +230,7 @@ func TestManyKeysOneRoundTripInOrder(t *testing.T) {
 	sortInts(ids)
 	want := "{" + itoa(ids[0]) + "," + itoa(ids[1]) + "," + itoa(ids[2]) + "}"
 	mock.ExpectQuery(`WITH ORDINALITY`).WithArgs(want).
-		WillReturnRows(tryRows(0, "read committed", false))
+		WillReturnRows(tryRows(0, "read committed"))
 	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"c", "a", "b"}, Tx: tx}); err != nil {
 		t.Fatal(err)
 	}
@@ -239,7 +239,7 @@ func TestManyKeysOneRoundTripInOrder(t *testing.T) {
 func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 	tx, mock := mockTx(t)
 	id := advisorylock.ID("", "k")
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed", false))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed"))
 	mock.ExpectQuery(`SELECT current_setting\('lock_timeout'\), set_config\('lock_timeout', \$1, true\)`).
 		WillReturnRows(sqlmock.NewRows([]string{"old", "new"}).AddRow("0", "500ms"))
 	mock.ExpectExec(`SELECT pg_advisory_xact_lock\(id\) FROM unnest`).WithArgs("{" + itoa(id) + "}").
@@ -254,20 +254,21 @@ func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 
 func TestBusyTryOnce(t *testing.T) {
 	tx, mock := mockTx(t)
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed", false))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed"))
 	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx, TryOnce: true})
 	if !errors.Is(err, txlock.ErrLockBusy) {
 		t.Fatalf("err = %v, want ErrLockBusy", err)
 	}
 }
 
-func tryRows(firstBusy int, isolation string, stale bool) *sqlmock.Rows {
-	return sqlmock.NewRows([]string{"busy", "isolation", "stale"}).AddRow(firstBusy, isolation, stale)
+func tryRows(firstBusy int, isolation string) *sqlmock.Rows {
+	return sqlmock.NewRows([]string{"busy", "isolation"}).AddRow(firstBusy, isolation)
 }
 
 func TestStaleRepeatableReadSnapshotIsRetried(t *testing.T) {
 	tx, mock := mockTx(t)
-	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(0, "repeatable read", true))
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(0, "repeatable read"))
+	mock.ExpectQuery(`pg_snapshot_xip`).WillReturnRows(sqlmock.NewRows([]string{"stale"}).AddRow(true))
 	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx})
 	if !errors.Is(err, txlock.ErrLockLost) {
 		t.Fatalf("err = %v, want ErrLockLost (Run retries it)", err)
