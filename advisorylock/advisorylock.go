@@ -267,32 +267,34 @@ func snapshotStale(ctx context.Context, tx *sql.Tx) (bool, error) {
 	return stale, err
 }
 
-// waitLock takes the locks in order, waiting at most until waitCtx's
-// deadline through lock_timeout, then restores lock_timeout.
+// waitQuery sets lock_timeout for the wait, takes the locks in array order,
+// and puts lock_timeout back, in one round trip, so that a waiter that gets
+// its lock goes straight on to its body. The inner select's target list is
+// evaluated left to right (OFFSET 0 keeps it from being merged into the
+// outer one): read the old timeout, set the new one, then wait for the
+// locks (the scalar subquery is evaluated when its column is reached). The
+// outer select restores the old value. If the wait times out, the
+// statement fails with 55P03 and the transaction, aborted, is rolled back
+// with its setting.
+const waitQuery = `SELECT set_config('lock_timeout', old, true) FROM (
+	SELECT current_setting('lock_timeout') AS old,
+		set_config('lock_timeout', $2, true) AS new,
+		(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
+	OFFSET 0) AS s`
+
+// waitLock takes the locks, waiting at most until waitCtx's deadline, or
+// without a timeout when waitCtx has no deadline.
 func waitLock(ctx, waitCtx context.Context, tx *sql.Tx, ids []int64) error {
-	restore := ""
+	timeout := "0" // Postgres: no timeout
 	if deadline, ok := waitCtx.Deadline(); ok {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[0])
 		}
-		ms := strconv.FormatInt(max(left.Milliseconds(), 1), 10) + "ms"
-		// The target list is evaluated left to right: the old value
-		// is read before the new one is set.
-		err := tx.QueryRowContext(ctx, `SELECT current_setting('lock_timeout'), set_config('lock_timeout', $1, true)`, ms).Scan(&restore, new(string))
-		if err != nil {
-			return err
-		}
+		timeout = strconv.FormatInt(max(left.Milliseconds(), 1), 10) + "ms"
 	}
-	if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS t(id)`, arrayLiteral(ids)); err != nil {
-		return err
-	}
-	if restore != "" {
-		if _, err := tx.ExecContext(ctx, `SELECT set_config('lock_timeout', $1, true)`, restore); err != nil {
-			return err
-		}
-	}
-	return nil
+	var restored string
+	return tx.QueryRowContext(ctx, waitQuery, arrayLiteral(ids), timeout).Scan(&restored)
 }
 
 // arrayLiteral formats ids as a Postgres array literal. Sending text and
