@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"strings"
 	"time"
 )
 
@@ -42,7 +43,11 @@ type options struct {
 	work      time.Duration
 	procs     int
 	workers   int
+	modes     map[string]bool // empty: all
 }
+
+// want reports whether the row for mode should run.
+func (o options) want(mode string) bool { return len(o.modes) == 0 || o.modes[mode] }
 
 func main() {
 	log.SetFlags(0)
@@ -62,7 +67,14 @@ func main() {
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
+	modes := flag.String("modes", "", "comma-separated modes to run (default all): bare, local, memcached, advisory, memcached+advisory, retry-only, seeds")
 	flag.Parse()
+	if *modes != "" {
+		o.modes = map[string]bool{}
+		for _, m := range strings.Split(*modes, ",") {
+			o.modes[strings.TrimSpace(m)] = true
+		}
+	}
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal(err)
 	}

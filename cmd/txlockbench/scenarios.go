@@ -36,6 +36,9 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 	fmt.Fprintln(tw, "mode\tcommits/s\tvs bare\tvs local\tmemcached ops/run\tp99 ms\terrors\tdups\t")
 	var bare, local float64
 	for _, mode := range []string{"bare", "local", "memcached", "advisory", "memcached+advisory"} {
+		if mode != "bare" && !o.want(mode) {
+			continue
+		}
 		if err := e.truncate(ctx); err != nil {
 			return err
 		}
@@ -93,10 +96,13 @@ func hot(ctx context.Context, e *benchEnv, o options) error {
 		o.workers, o.procs, o.work, o.duration)
 	fmt.Printf("uncontended run %.2f ms: serial bound %.0f commits/s, fair bound (p99) %.0f ms\n", single*1000, serial, fair*1000)
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tprocs\tgoodput/s\t/serial\tp50 ms\tp99 ms\tp99/fair\taborts/commit\tCPU ms/commit\terrors\tdups\t")
+	fmt.Fprintln(tw, "mode\tprocs\tgoodput/s\t/serial\tp50 ms\tp99 ms\tp99/fair\taborts/commit\tCPU ms/commit\tmemcached ops/commit\terrors\tdups\t")
 	type row struct{ p99, cpu float64 }
 	rows := map[string]row{}
 	for _, mode := range []string{"retry-only", "seeds", "local", "memcached", "advisory", "memcached+advisory"} {
+		if !o.want(mode) {
+			continue
+		}
 		if err := e.truncate(ctx); err != nil {
 			return err
 		}
@@ -107,11 +113,16 @@ func hot(ctx context.Context, e *benchEnv, o options) error {
 		j := e.job(mode, o)
 		j.HotWorkers = o.workers
 		cpu0 := cpuBusy()
+		ops0, err := mcOps(e.mcAddr)
+		if err != nil {
+			return err
+		}
 		r, err := runProcs(ctx, j, procs)
 		if err != nil {
 			return err
 		}
 		cpu := cpuBusy() - cpu0
+		ops1, _ := mcOps(e.mcAddr)
 		dups, missing, err := e.check(ctx, r.Hot.Commits)
 		if err != nil {
 			return err
@@ -122,8 +133,9 @@ func hot(ctx context.Context, e *benchEnv, o options) error {
 		p99 := pct(h.Lat, 0.99)
 		cpuPer := cpu / float64(max(h.Commits, 1))
 		rows[mode] = row{p99, cpuPer}
-		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.1f\t%.1f\t%.2f\t%.3f\t%.2f\t%d\t%d\t\n", mode, procs, goodput, goodput/serial,
-			pct(h.Lat, 0.5)*1000, p99*1000, p99/fair, aborts, cpuPer*1000, h.Errors, dups+missing)
+		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.1f\t%.1f\t%.2f\t%.3f\t%.2f\t%.1f\t%d\t%d\t\n", mode, procs, goodput, goodput/serial,
+			pct(h.Lat, 0.5)*1000, p99*1000, p99/fair, aborts, cpuPer*1000,
+			float64(ops1-ops0)/float64(max(h.Commits, 1)), h.Errors, dups+missing)
 		if h.FirstErr != "" {
 			defer fmt.Printf("  %s: first error: %s\n", mode, h.FirstErr)
 		}
@@ -132,6 +144,9 @@ func hot(ctx context.Context, e *benchEnv, o options) error {
 		return err
 	}
 	mc := rows["memcached"]
+	if rows["retry-only"].p99 == 0 || rows["seeds"].p99 == 0 || mc.p99 == 0 {
+		return nil
+	}
 	fmt.Printf("p99 memcached / retry-only: %.3f   p99 memcached / seeds: %.3f   CPU per commit memcached / retry-only: %.3f\n",
 		mc.p99/rows["retry-only"].p99, mc.p99/rows["seeds"].p99, mc.cpu/rows["retry-only"].cpu)
 	return nil
