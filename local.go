@@ -30,6 +30,9 @@ var defaultLocker = NewLocalLocker()
 // one. Runs using different LocalLockers do not exclude each other.
 func NewLocalLocker() *LocalLocker { return &LocalLocker{} }
 
+// LeasesCannotBeLost reports true: a local lock is held until released.
+func (l *LocalLocker) LeasesCannotBeLost() bool { return true }
+
 // InTx reports false: local locks are taken before BEGIN.
 func (l *LocalLocker) InTx() bool { return false }
 

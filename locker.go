@@ -75,3 +75,14 @@ type Lease interface {
 	// must only ever free locks this lease still owns.
 	Release(ctx context.Context) error
 }
+
+// Stable is an optional interface of a Locker whose leases stay held until
+// they are released: it never calls Request.Lost. LocalLocker and
+// advisorylock implement it. When every locker of a Run is Stable and the
+// caller's context can never be cancelled, Run gives the body that context
+// as it is, rather than a cancellable one; some drivers (pgx) pay for every
+// cancellable context they are given. A Locker that cannot promise this
+// must not implement Stable.
+type Stable interface {
+	LeasesCannotBeLost() bool
+}

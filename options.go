@@ -34,6 +34,7 @@ type config struct {
 	backoff     retry.Backoff
 	classify    func(error, sqladapter.Phase) sqladapter.Class
 	observer    func(Event)
+	stable      bool // no locker can lose a lease: see Stable
 }
 
 func newConfig(opts []Option) (*config, error) {
@@ -53,6 +54,12 @@ func newConfig(opts []Option) (*config, error) {
 	}
 	if len(c.lockers) == 0 {
 		c.lockers = []Locker{defaultLocker}
+	}
+	c.stable = true
+	for _, l := range c.lockers {
+		if s, ok := l.(Stable); !ok || !s.LeasesCannotBeLost() {
+			c.stable = false
+		}
 	}
 	return c, nil
 }

@@ -34,7 +34,8 @@ type state struct {
 	held      map[string]struct{}
 	leases    []Lease
 	after     []func()
-	committed bool // only touched by the attempt's own goroutine
+	lostErr   error // first loss reported through Request.Lost
+	committed bool  // only touched by the attempt's own goroutine
 }
 
 func stateFrom(ctx context.Context) *state {
@@ -61,7 +62,24 @@ func (st *state) lost(cause error) {
 	} else if !errors.Is(cause, ErrLockLost) {
 		cause = fmt.Errorf("%w: %w", ErrLockLost, cause)
 	}
+	st.mu.Lock()
+	if st.lostErr == nil {
+		st.lostErr = cause
+	}
+	st.mu.Unlock()
 	st.cancel(cause)
+}
+
+// cause is why the attempt must not commit: a lost lease (recorded even
+// when the body's context is not cancellable) or the caller's context.
+func (st *state) cause() error {
+	st.mu.Lock()
+	lost := st.lostErr
+	st.mu.Unlock()
+	if lost != nil {
+		return lost
+	}
+	return context.Cause(st.ctx)
 }
 
 // acquire takes keys in every locker of ls, in order, with one shared wait

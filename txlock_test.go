@@ -934,3 +934,49 @@ func TestNoGoroutineLeak(t *testing.T) {
 	}
 	leakcheck.Settle(t, before)
 }
+
+// liar claims its leases cannot be lost, then reports one lost anyway.
+type liar struct{ recorder }
+
+func (*liar) LeasesCannotBeLost() bool { return true }
+
+func TestStableLockersKeepTheBodyContextUncancellable(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	var done []bool
+	body := func(ctx context.Context, tx *sql.Tx) error {
+		done = append(done, ctx.Done() != nil)
+		return nil
+	}
+	if err := txlock.Run(context.Background(), db, []string{"k"}, body, txlock.WithLocker(txlock.NewLocalLocker())); err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{name: "mc", log: &eventLog{}}
+	if err := txlock.Run(context.Background(), db, []string{"k"}, body, txlock.WithLocker(txlock.NewLocalLocker(), r)); err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(done, []bool{false, true}) {
+		t.Fatalf("body context cancellable = %v, want [false true]: only lockers that may lose a lease need it", done)
+	}
+}
+
+func TestLossReportedByAStableLockerStillPreventsCommit(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectRollback()
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	l := &liar{recorder{name: "liar", log: &eventLog{}}}
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		if txlock.Attempt(ctx) == 1 {
+			l.lose()
+		}
+		return nil
+	}, txlock.WithLocker(l), noWait)
+	if err != nil {
+		t.Fatal(err)
+	}
+}

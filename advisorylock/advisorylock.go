@@ -105,6 +105,10 @@ func New(opts ...Option) *Locker {
 	return l
 }
 
+// LeasesCannotBeLost reports true: an advisory lock lasts as long as its
+// transaction (see txlock.Stable).
+func (l *Locker) LeasesCannotBeLost() bool { return true }
+
 // InTx reports true: advisory locks are taken inside the transaction.
 func (l *Locker) InTx() bool { return true }
 

@@ -183,7 +183,7 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 		return c
 	}
 	switch mode {
-	case "bare", "retry-only":
+	case "bare", "bare-cancellable", "retry-only":
 		return nil, nil
 	case "seeds":
 		return []txlock.Option{txlock.WithLocker(&seedsLocker{mc: mc()})}, nil

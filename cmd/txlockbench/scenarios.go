@@ -29,49 +29,70 @@ func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, e
 	return dups, max(commits-rows, 0), nil
 }
 
+// uncontended interleaves its rows: every mode runs for a slice of the
+// time in each of several rounds, so a slow minute of this shared machine
+// weighs on every row alike instead of on whichever row it fell in.
 func uncontended(ctx context.Context, e *benchEnv, o options) error {
-	const workers = 8
-	fmt.Printf("\n== uncontended check-then-insert: %d workers, distinct names, %v per row\n", workers, o.duration)
+	const workers, rounds = 8, 6
+	modes := []string{"bare"}
+	for _, m := range []string{"bare-cancellable", "local", "memcached", "advisory", "memcached+advisory"} {
+		if o.want(m) {
+			modes = append(modes, m)
+		}
+	}
+	slice := o.duration / rounds
+	fmt.Printf("\n== uncontended check-then-insert: %d workers, distinct names, %v per row in %d interleaved slices\n",
+		workers, slice*rounds, rounds)
+	type acc struct {
+		tally
+		ops     int64
+		seconds float64
+		bad     int
+	}
+	accs := map[string]*acc{}
+	for _, m := range modes {
+		accs[m] = &acc{}
+	}
+	for range rounds {
+		for _, mode := range modes {
+			if err := e.truncate(ctx); err != nil {
+				return err
+			}
+			j := e.job(mode, o)
+			j.ColdWorkers, j.Duration = workers, slice
+			ops0, err := mcOps(e.mcAddr)
+			if err != nil {
+				return err
+			}
+			r, err := runProcs(ctx, j, 1)
+			if err != nil {
+				return err
+			}
+			ops1, _ := mcOps(e.mcAddr)
+			dups, missing, err := e.check(ctx, r.Cold.Commits)
+			if err != nil {
+				return err
+			}
+			a := accs[mode]
+			a.merge(r.Cold)
+			a.ops += ops1 - ops0
+			a.seconds += slice.Seconds()
+			a.bad += dups + missing
+		}
+	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(tw, "mode\tcommits/s\tvs bare\tvs local\tmemcached ops/run\tp99 ms\terrors\tdups\t")
-	var bare, local float64
-	for _, mode := range []string{"bare", "local", "memcached", "advisory", "memcached+advisory"} {
-		if mode != "bare" && !o.want(mode) {
-			continue
-		}
-		if err := e.truncate(ctx); err != nil {
-			return err
-		}
-		j := e.job(mode, o)
-		j.ColdWorkers = workers
-		ops0, err := mcOps(e.mcAddr)
-		if err != nil {
-			return err
-		}
-		r, err := runProcs(ctx, j, 1)
-		if err != nil {
-			return err
-		}
-		ops1, _ := mcOps(e.mcAddr)
-		dups, missing, err := e.check(ctx, r.Cold.Commits)
-		if err != nil {
-			return err
-		}
-		rate := float64(r.Cold.Commits) / o.duration.Seconds()
-		switch mode {
-		case "bare":
-			bare = rate
-		case "local":
-			local = rate
-		}
+	rate := func(m string) float64 { return float64(accs[m].Commits) / accs[m].seconds }
+	for _, mode := range modes {
+		a := accs[mode]
 		vsLocal := "-"
-		if mode != "bare" && local > 0 {
-			vsLocal = fmt.Sprintf("%.3f", rate/local)
+		if mode != "bare" && accs["local"] != nil {
+			vsLocal = fmt.Sprintf("%.3f", rate(mode)/rate("local"))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.2f\t%d\t%d\t\n", mode, rate, rate/bare, vsLocal,
-			float64(ops1-ops0)/float64(max(r.Cold.Commits, 1)), pct(r.Cold.Lat, 0.99)*1000, r.Cold.Errors, dups+missing)
-		if r.Cold.FirstErr != "" {
-			defer fmt.Printf("  %s: first error: %s\n", mode, r.Cold.FirstErr)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.2f\t%d\t%d\t\n", mode, rate(mode), rate(mode)/rate("bare"), vsLocal,
+			float64(a.ops)/float64(max(a.Commits, 1)), pct(a.Lat, 0.99)*1000, a.Errors, a.bad)
+		if a.FirstErr != "" {
+			defer fmt.Printf("  %s: first error: %s\n", mode, a.FirstErr)
 		}
 	}
 	return tw.Flush()

@@ -211,7 +211,12 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 		}
 		return reserve(ctx, tx, name)
 	}
-	if j.Mode == "bare" {
+	if j.Mode == "bare" || j.Mode == "bare-cancellable" {
+		if j.Mode == "bare-cancellable" {
+			var cancel context.CancelFunc
+			ctx, cancel = context.WithCancel(ctx)
+			defer cancel()
+		}
 		tx, err := db.BeginTx(ctx, nil)
 		if err != nil {
 			return 1, err
