@@ -213,7 +213,10 @@ func (st *state) releaseAll(parent context.Context) error {
 // no-op. Each call may wait up to the run's lock wait. Keys taken this way come after the transaction has begun, so they
 // may be taken out of the global order: prefer passing every key you know
 // in advance to Run. On a retry, keys locked with Lock are not taken up
-// front; the body takes them again when it calls Lock again.
+// front; the body takes them again when it calls Lock again. At REPEATABLE
+// READ the body's snapshot is already fixed when Lock waits, so it cannot
+// see what the previous holder committed: pass such keys to Run, which
+// takes them before the snapshot.
 //
 // It returns ErrNotInRun when ctx does not come from a running body,
 // ErrLockBusy when the wait ran out, and an error wrapping ErrInvalid for an
