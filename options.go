@@ -3,6 +3,7 @@ package txlock
 import (
 	"database/sql"
 	"fmt"
+	"reflect"
 	"time"
 
 	"github.com/txlock/txlock/retry"
@@ -85,6 +86,13 @@ func WithLocker(ls ...Locker) Option {
 		for i, l := range ls {
 			if isNil(l) {
 				return invalid("WithLocker: locker %d is nil", i)
+			}
+			// The same locker twice would wait on its own lock for
+			// the whole lock wait.
+			for _, prev := range ls[:i] {
+				if reflect.TypeOf(l).Comparable() && prev == l {
+					return invalid("WithLocker: locker %d (%T) is given twice", i, l)
+				}
 			}
 		}
 		c.lockers = append([]Locker(nil), ls...)

@@ -186,11 +186,16 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 	actx = context.WithValue(actx, stateKey{}, st)
 	st.ctx = actx
 
+	succeeded := false // set by the one return that follows a good COMMIT
 	defer func() {
 		res.ReleaseErr = st.releaseAll(parent)
-		cancel(nil)
 		res.Duration = time.Since(start)
-		if res.Err == nil {
+		// The body's context stays alive for the callbacks, which may
+		// have captured it; a panic in one still cancels it.
+		defer cancel(nil)
+		// Only after a COMMIT that succeeded: not after an error, and not
+		// while a panic or runtime.Goexit unwinds through here.
+		if succeeded {
 			// Callbacks run after release, so slow ones do not
 			// extend how long the keys are held.
 			for _, f := range st.after {
@@ -272,11 +277,16 @@ func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
 		if errors.Is(err, sql.ErrTxDone) {
 			// database/sql rolled back because the context ended
 			// before COMMIT was sent.
-			cause := context.Cause(actx)
+			cause := st.cause()
+			if cause == nil {
+				// The body ended the transaction itself.
+				return fail(fmt.Errorf("txlock: commit: %w (did the body commit or roll back the tx?)", err), false)
+			}
 			return fail(fmt.Errorf("txlock: commit: %w", cause), st.lostRetryable(parent, cause))
 		}
 		return fail(r.classify(parent, st, fmt.Errorf("txlock: commit: %w", err), sqladapter.AtCommit))
 	}
+	succeeded = true
 	return res
 }
 

@@ -261,12 +261,13 @@ func Lock(ctx context.Context, keys ...string) error {
 }
 
 // Attempt returns the number of the current attempt, 1 for the first, when
-// ctx comes from a Run body, and 0 otherwise.
+// ctx comes from a Run body that is running, and 0 otherwise (also for a
+// body's context kept after the body returned).
 func Attempt(ctx context.Context) int {
 	if ctx == nil {
 		return 0
 	}
-	if st := stateFrom(ctx); st != nil {
+	if st := stateFrom(ctx); st != nil && !st.isClosed() {
 		return st.attempt
 	}
 	return 0

@@ -980,3 +980,67 @@ func TestLossReportedByAStableLockerStillPreventsCommit(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestAfterCommitNotRunWhenTheBodyPanics(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectRollback()
+	ran := false
+	func() {
+		defer func() { _ = recover() }()
+		_ = txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+			if err := txlock.AfterCommit(ctx, func() { ran = true }); err != nil {
+				return err
+			}
+			panic("boom")
+		})
+	}()
+	if ran {
+		t.Fatal("AfterCommit callback ran although the transaction rolled back")
+	}
+}
+
+func TestAfterCommitSeesALiveContext(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	ctx, cancel := context.WithCancel(context.Background()) // cancellable: the body gets its own context
+	defer cancel()
+	var cbErr error = errors.New("callback did not run")
+	r := &recorder{name: "mc", log: &eventLog{}}
+	err := txlock.Run(ctx, db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		return txlock.AfterCommit(ctx, func() {
+			cbErr = ctx.Err()
+			if n := txlock.Attempt(ctx); n != 0 {
+				t.Errorf("Attempt in a callback = %d, want 0: the body is over", n)
+			}
+		})
+	}, txlock.WithLocker(r))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cbErr != nil {
+		t.Fatalf("the body's context was already done in the callback: %v", cbErr)
+	}
+}
+
+func TestSameLockerTwiceIsRejected(t *testing.T) {
+	l := txlock.NewLocalLocker()
+	err := txlock.Run(context.Background(), &countingBeginner{}, []string{"k"}, func(context.Context, *sql.Tx) error { return nil },
+		txlock.WithLocker(l, l))
+	if !errors.Is(err, txlock.ErrInvalid) {
+		t.Fatalf("err = %v, want ErrInvalid", err)
+	}
+}
+
+func TestBodyThatCommitsItself(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	err := txlock.Run(context.Background(), db, nil, func(ctx context.Context, tx *sql.Tx) error {
+		return tx.Commit()
+	})
+	if !errors.Is(err, sql.ErrTxDone) {
+		t.Fatalf("err = %v, want sql.ErrTxDone in the chain", err)
+	}
+}
