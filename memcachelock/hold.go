@@ -16,7 +16,7 @@ import (
 
 const (
 	// stealAfter is how long a waiter lets a key handed to another process
-	// sit unclaimed (the same CAS ID seen for that long) before it takes
+	// sit unclaimed (handed to the same process for that long) before it takes
 	// the key itself: the process it was handed to stopped waiting or
 	// died. The target polls every few hundred microseconds.
 	stealAfter = 25 * time.Millisecond
@@ -27,6 +27,8 @@ const (
 	// casRetries bounds the read-CAS loops that race with waiters
 	// appending to the lock's value.
 	casRetries = 8
+	// casFresh is how long Release trusts the CAS ID Verify read.
+	casFresh = time.Second
 )
 
 var errLost = fmt.Errorf("%w: the lock expired, was evicted or is held by someone else", txlock.ErrLockLost)
@@ -41,8 +43,9 @@ type hold struct {
 	token string
 
 	mu        sync.Mutex
-	cas       uint64   // CAS ID from the last read, 0 when unknown
-	queue     []string // other processes waiting, from the last read
+	cas       uint64    // CAS ID from the last read, 0 when unknown
+	casAt     time.Time // when cas was read
+	queue     []string  // other processes waiting, from the last read
 	lostErr   error
 	onLost    func(error)
 	lastWrite time.Time // when the lease was last set: add or refresh
@@ -133,7 +136,7 @@ func (h *hold) observe(it *memcache.Item) error {
 		h.lostErr = errLost
 		return errLost
 	}
-	h.cas, h.queue = it.CasID, without(v.queue, h.l.proc)
+	h.cas, h.casAt, h.queue = it.CasID, time.Now(), without(v.queue, h.l.proc)
 	return nil
 }
 
@@ -209,6 +212,12 @@ func (h *hold) release(ctx context.Context, localWaiters bool) error {
 	<-h.done
 	h.mu.Lock()
 	cas, queue, lost := h.cas, h.queue, h.lostErr
+	if time.Since(h.casAt) > casFresh {
+		// A CAS ID is only proof of ownership while memcached cannot
+		// have restarted and counted back up to it: after a long pause
+		// (a stopped process) read the owner token again.
+		cas = 0
+	}
 	h.mu.Unlock()
 	if lost != nil {
 		return nil
@@ -289,8 +298,6 @@ func (l *Locker) take(ctx context.Context, mk, name string, try bool) (*hold, er
 	}
 
 	var (
-		lastCas    uint64
-		casSince   time.Time
 		owner      string
 		ownerSince time.Time
 		timer      = time.NewTimer(time.Hour)
@@ -311,9 +318,6 @@ func (l *Locker) take(ctx context.Context, mk, name string, try bool) (*hold, er
 			return nil, unavailable("poll", err)
 		}
 		now := time.Now()
-		if it.CasID != lastCas {
-			lastCas, casSince = it.CasID, now
-		}
 		v, ok := parseValue(it.Value)
 		if ok && v.state == stateHeld && v.owner == token {
 			// An add of ours was applied though its answer was lost.
@@ -330,7 +334,11 @@ func (l *Locker) take(ctx context.Context, mk, name string, try bool) (*hold, er
 		if v.owner != owner {
 			owner, ownerSince = v.owner, now
 		}
-		if v.state == stateHandoff && (v.owner == l.proc || now.Sub(casSince) > stealAfter) {
+		// The steal clock runs from when this handoff target was first
+		// seen, not from the last change of the item: waiters joining
+		// the queue change the item, and must not keep a key handed to
+		// a dead process stuck until its TTL.
+		if v.state == stateHandoff && (v.owner == l.proc || now.Sub(ownerSince) > stealAfter) {
 			// Handed to us, or to a process that does not come for it.
 			claimed := lockValue{state: stateHeld, owner: token, queue: without(v.queue, l.proc)}
 			start := time.Now()
