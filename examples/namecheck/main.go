@@ -54,6 +54,9 @@ const (
 	idleTimeout       = 2 * time.Minute
 	shutdownTimeout   = 15 * time.Second
 	requestLockWait   = 10 * time.Second
+	// reserveTimeout bounds a reservation, every attempt and lock wait
+	// included, to well inside writeTimeout.
+	reserveTimeout = writeTimeout - 5*time.Second
 )
 
 func main() {

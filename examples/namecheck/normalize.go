@@ -8,6 +8,7 @@ import (
 	"unicode/utf8"
 
 	"golang.org/x/text/cases"
+	"golang.org/x/text/language"
 	"golang.org/x/text/unicode/norm"
 )
 
@@ -21,14 +22,17 @@ const zeroWidthJoiner = '\u200d'
 var ErrBadName = errors.New("bad name")
 
 // NormalizeName returns the canonical form of a display name, the form that
-// is stored and compared: surrounding white space trimmed, case folded
-// (cases.Fold, so "Ann", "ANN" and "ann" are one name, and so are "Straße"
-// and "STRASSE"), in Unicode NFC (so a precomposed "é" and "e" followed by a
-// combining acute accent are one name).
+// is stored and compared: surrounding white space trimmed, lower case
+// (Unicode, so "Ann", "ANN" and "ann" are one name), in Unicode NFC (so a
+// precomposed "é" and "e" followed by a combining acute accent are one
+// name). Lowering runs between NFD and NFC because lowering a composed
+// string can leave it unnormalized.
 //
-// Folding follows Unicode's canonical caseless matching: decompose (NFD),
-// fold, then compose (NFC), because folding a composed string can leave it
-// unnormalized.
+// It is idempotent: a normalized name normalizes to itself, so a GET with
+// the name a POST returned finds it, and two spellings of one name cannot
+// both be reserved. (Full case folding, cases.Fold, was tried first and is
+// not: it maps some Cherokee letters to the other case and back. A test
+// checks every rune of the first three Unicode planes.)
 //
 // It rejects an empty name, a name longer than MaxNameLen characters and a
 // name holding control or other invisible characters (tabs, newlines, NUL,
@@ -39,8 +43,8 @@ func NormalizeName(raw string) (string, error) {
 		return "", fmt.Errorf("%w: not valid UTF-8", ErrBadName)
 	}
 	s := strings.TrimSpace(raw)
-	s = norm.NFC.String(cases.Fold().String(norm.NFD.String(s)))
-	s = strings.TrimSpace(s) // folding never adds spaces, but be certain
+	s = norm.NFC.String(cases.Lower(language.Und).String(norm.NFD.String(s)))
+	s = strings.TrimSpace(s)
 	switch n := utf8.RuneCountInString(s); {
 	case n == 0:
 		return "", fmt.Errorf("%w: empty", ErrBadName)

@@ -159,7 +159,18 @@ func (s *Server) parseReserve(w http.ResponseWriter, r *http.Request) (Reservati
 // taken. This is the drop-in: the repository calls, unchanged, inside
 // txlock.Run with the name as the lock key.
 func (s *Server) Reserve(ctx context.Context, res Reservation) (Reservation, error) {
+	ttl := res.ExpiresAt.Sub(res.CreatedAt)
+	// A request may not outlive what its client waits for: a reservation
+	// committed after the answer was given up would be acknowledged to
+	// nobody.
+	ctx, cancel := context.WithTimeout(ctx, reserveTimeout)
+	defer cancel()
 	err := txlock.Run(ctx, s.DB, []string{"name:" + res.Name}, func(ctx context.Context, tx *sql.Tx) error {
+		// "Now" is taken on every attempt, after the lock: a lock wait
+		// or a retry must not leave the reservation starting in the
+		// past, or even already expired.
+		now := s.now().UTC().Truncate(time.Microsecond)
+		res.CreatedAt, res.ExpiresAt = now, now.Add(ttl)
 		taken, err := NameActive(ctx, tx, res.Name, res.CreatedAt)
 		if err != nil {
 			return err
