@@ -58,6 +58,12 @@
 // READ put memcachelock in front (writers then queue before BEGIN) or prefer
 // READ COMMITTED. Keys taken later with txlock.Lock at REPEATABLE READ hit
 // the same check against an older snapshot: pass them to Run instead.
+// The check cannot tell which transaction held our lock (Postgres keeps no
+// such record), so any commit in the cluster between the snapshot and the
+// check counts: under a heavy unrelated write load REPEATABLE READ attempts
+// are retried more often than they need to be, never less. The check
+// assigns the transaction an id (pg_current_xact_id), so it does not work
+// on a hot standby, where advisory locks guard nothing anyway.
 // Postgres 13 or later is required (pg_current_snapshot).
 package advisorylock
 
