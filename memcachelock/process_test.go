@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"os/exec"
@@ -65,6 +66,9 @@ func helperMain() int {
 }
 
 func runHelper(cfg helperConfig) (res helperResult) {
+	if cfg.Mode == "hold" {
+		return holdUntilKilled(cfg)
+	}
 	db, err := sql.Open("pgx", cfg.DB)
 	if err != nil {
 		return helperResult{Err: err.Error()}
@@ -197,4 +201,68 @@ func TestExclusionAcrossProcesses(t *testing.T) {
 		t.Fatalf("counter = %d, commits = %d, want %d", n, commits, procs*workers*runs)
 	}
 	t.Logf("%d processes x %d workers: %s", procs, workers, strconv.Itoa(commits)+" commits, no overlap")
+}
+
+// holdUntilKilled takes cfg.Key with a 2 s lease, says so on stdout, and
+// then waits to be killed: a worker that dies holding a lock.
+func holdUntilKilled(cfg helperConfig) helperResult {
+	l := New(client(nil, cfg.Addr), WithTTL(2*time.Second))
+	if _, err := l.Acquire(context.Background(), txlock.Request{Keys: []string{cfg.Key}, Lost: func(error) {}}); err != nil {
+		return helperResult{Err: err.Error()}
+	}
+	fmt.Println("held")
+	select {}
+}
+
+// TestHolderKilled: a process killed (SIGKILL) while it holds a lock
+// leaves it behind no longer than its lease; then another takes it.
+func TestHolderKilled(t *testing.T) {
+	t.Parallel()
+	m := testenv.StartMemcached(t)
+	env, err := json.Marshal(helperConfig{Mode: "hold", Addr: m.Addr(), Key: "victim"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(env))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	line := make([]byte, 5)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "held\n" {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+		t.Fatalf("child did not take the lock: %q, %v", line, err)
+	}
+	if err := cmd.Process.Kill(); err != nil {
+		t.Fatal(err)
+	}
+	_ = cmd.Wait()
+	killed := time.Now()
+
+	l := New(client(nil, m.Addr()))
+	lost := func(error) {}
+	if _, err := l.Acquire(context.Background(), txlock.Request{Keys: []string{"victim"}, TryOnce: true, Lost: lost}); !errors.Is(err, txlock.ErrLockBusy) {
+		t.Fatalf("right after the kill: %v, want ErrLockBusy (the dead holder's lease still runs)", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	lease, err := l.Acquire(ctx, txlock.Request{Keys: []string{"victim"}, Lost: lost})
+	if err != nil {
+		t.Fatalf("the dead holder's lock outlived its lease: %v", err)
+	}
+	waited := time.Since(killed)
+	if err := lease.Release(context.Background()); err != nil {
+		t.Error(err)
+	}
+	// memcached expires at whole seconds, so a 2 s lease can last up to 3 s.
+	if waited > 4*time.Second {
+		t.Errorf("waited %v after the kill for a 2 s lease", waited)
+	}
+	t.Logf("lock of a killed holder taken over %v after the kill", waited.Round(time.Millisecond))
 }
