@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -66,8 +67,11 @@ func helperMain() int {
 }
 
 func runHelper(cfg helperConfig) (res helperResult) {
-	if cfg.Mode == "hold" {
+	switch cfg.Mode {
+	case "hold":
 		return holdUntilKilled(cfg)
+	case "pause":
+		return pausedHolder(cfg)
 	}
 	db, err := sql.Open("pgx", cfg.DB)
 	if err != nil {
@@ -265,4 +269,119 @@ func TestHolderKilled(t *testing.T) {
 		t.Errorf("waited %v after the kill for a 2 s lease", waited)
 	}
 	t.Logf("lock of a killed holder taken over %v after the kill", waited.Round(time.Millisecond))
+}
+
+// pausedHolder runs one Run on cfg.Key with a 2 s lease whose first attempt
+// says "inbody" on stdout and then dawdles, so that its parent can stop the
+// process past the lease.
+func pausedHolder(cfg helperConfig) helperResult {
+	db, err := sql.Open("pgx", cfg.DB)
+	if err != nil {
+		return helperResult{Err: err.Error()}
+	}
+	defer db.Close()
+	l := New(client(nil, cfg.Addr), WithTTL(2*time.Second))
+	var res helperResult
+	err = txlock.Run(context.Background(), db, []string{cfg.Key}, func(ctx context.Context, tx *sql.Tx) error {
+		n := txlock.Attempt(ctx)
+		res.Attempts = n
+		if _, err := tx.ExecContext(ctx, `INSERT INTO writes VALUES ('child', $1)`, n); err != nil {
+			return err
+		}
+		if n == 1 {
+			fmt.Println("inbody")
+			select {
+			case <-ctx.Done(): // the refresher found the lock gone
+				return ctx.Err()
+			case <-time.After(6 * time.Second):
+			}
+		}
+		return nil
+	}, txlock.WithLocker(l), txlock.WithMaxAttempts(3))
+	if err != nil {
+		res.Err = err.Error()
+	} else {
+		res.Commits = 1
+	}
+	return res
+}
+
+// TestHolderPausedPastItsLease: a holder stopped (SIGSTOP) past its lease
+// loses the lock to another process, and once resumed it must not commit
+// under it: the attempt that was paused rolls back and the Run retries.
+func TestHolderPausedPastItsLease(t *testing.T) {
+	t.Parallel()
+	m := testenv.StartMemcached(t)
+	u := testenv.PostgresURL(t)
+	db := testenv.OpenURL(t, u)
+	if _, err := db.Exec(`CREATE TABLE writes (who text NOT NULL, attempt int NOT NULL)`); err != nil {
+		t.Fatal(err)
+	}
+	env, err := json.Marshal(helperConfig{Mode: "pause", Addr: m.Addr(), DB: u, Key: "paused"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
+	cmd.Env = append(os.Environ(), helperEnv+"="+string(env))
+	cmd.Stderr = os.Stderr
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = cmd.Process.Kill() }()
+	line := make([]byte, 7)
+	if _, err := io.ReadFull(stdout, line); err != nil || string(line) != "inbody\n" {
+		t.Fatalf("child did not reach its body: %q, %v", line, err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(3500 * time.Millisecond) // the 2 s lease, and memcached's rounding up to the next second
+
+	l := New(client(nil, m.Addr()))
+	err = txlock.Run(context.Background(), db, []string{"paused"}, func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO writes VALUES ('parent', 1)`)
+		return err
+	}, txlock.WithLocker(l), txlock.WithLockWait(3*time.Second))
+	if err != nil {
+		_ = cmd.Process.Signal(syscall.SIGCONT)
+		t.Fatalf("the lease of the stopped holder did not run out: %v", err)
+	}
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(stdout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("child: %v", err)
+	}
+	var res helperResult
+	if err := json.Unmarshal(out, &res); err != nil {
+		t.Fatalf("child output %q: %v", out, err)
+	}
+	if res.Err != "" || res.Commits != 1 {
+		t.Fatalf("child: %+v", res)
+	}
+	rows, err := db.Query(`SELECT who, attempt FROM writes ORDER BY who, attempt`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var got []string
+	for rows.Next() {
+		var who string
+		var n int
+		if err := rows.Scan(&who, &n); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, fmt.Sprintf("%s#%d", who, n))
+	}
+	if len(got) != 2 || got[0] != "child#2" || got[1] != "parent#1" {
+		t.Fatalf("committed writes = %v, want [child#2 parent#1]: the paused attempt must not commit", got)
+	}
 }
