@@ -311,3 +311,37 @@ func TestTerminatedBackendIsRetried(t *testing.T) {
 		t.Fatalf("rows = %v, want only the second attempt's [2]", ids)
 	}
 }
+
+// TestStatementTimeoutIsNotRetried: a statement that times out (57014) is
+// the body's failure, not a conflict: Run returns it at once, nothing is
+// committed, and the connection goes back to the pool.
+func TestStatementTimeoutIsNotRetried(t *testing.T) {
+	db := testenv.Postgres(t)
+	exec(t, db, "CREATE TABLE things (id int)")
+	calls := 0
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		calls++
+		if _, err := tx.ExecContext(ctx, "INSERT INTO things VALUES (1)"); err != nil {
+			return err
+		}
+		if _, err := tx.ExecContext(ctx, "SET LOCAL statement_timeout = '50ms'"); err != nil {
+			return err
+		}
+		_, err := tx.ExecContext(ctx, "SELECT pg_sleep(2)")
+		return err
+	}, fastRetry)
+	var pe *pgconn.PgError
+	if !errors.As(err, &pe) || pe.Code != "57014" {
+		t.Fatalf("err = %v, want the statement timeout (57014)", err)
+	}
+	if calls != 1 {
+		t.Errorf("body ran %d times, want 1", calls)
+	}
+	var n int
+	if err := db.QueryRow("SELECT count(*) FROM things").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatalf("%d rows committed by a failed Run", n)
+	}
+}
