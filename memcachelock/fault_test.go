@@ -117,8 +117,11 @@ func TestLongTransaction(t *testing.T) {
 	t.Parallel()
 	m, c := startMemcached(t)
 	db := counterDB(t)
-	holder := newLocker(t, c, WithTTL(2*time.Second))
-	other := newLocker(t, client(nil, m.Addr()), WithTTL(2*time.Second))
+	// A 3 s lease: memcached counts expiry in whole seconds, so a lease of
+	// 2 s can end barely more than 1 s after a write, too close for a
+	// loaded CI machine's scheduling. The body still outlasts two leases.
+	holder := newLocker(t, c, WithTTL(3*time.Second))
+	other := newLocker(t, client(nil, m.Addr()), WithTTL(3*time.Second))
 	stop := make(chan struct{})
 	intruded := make(chan error, 1)
 	var wg sync.WaitGroup
@@ -152,7 +155,7 @@ func TestLongTransaction(t *testing.T) {
 			close(started)
 		}
 		select {
-		case <-time.After(4500 * time.Millisecond):
+		case <-time.After(6500 * time.Millisecond):
 		case <-ctx.Done():
 			return context.Cause(ctx)
 		}

@@ -151,7 +151,15 @@ func (h *hold) refresher() {
 			return
 		case <-t.C:
 		}
-		if err := h.refresh(); err != nil {
+		err := h.refresh()
+		switch {
+		case errors.Is(err, errRefreshLater):
+			// memcached did not answer in time: try again soon
+			// rather than a whole interval later, when the lease
+			// may already have run out.
+			t.Reset(refreshRetry)
+			continue
+		case err != nil:
 			h.markLost(err)
 			return
 		}
@@ -161,8 +169,9 @@ func (h *hold) refresher() {
 
 // refresh extends the lease if, and only if, the lock is still this
 // hold's: read, compare the token, CAS the same value with a new expiry.
-// It never recreates a lock that is gone. It returns an error only when the
-// lock is lost.
+// It never recreates a lock that is gone. It returns nil when the lease was
+// extended, errRefreshLater when it could not tell, and another error when
+// the lock is lost.
 func (h *hold) refresh() error {
 	l := h.l
 	for range casRetries {
@@ -197,10 +206,18 @@ func (h *hold) refresh() error {
 		if expired && !h.l.cfg.failOpen {
 			return fmt.Errorf("%w: %w", errLost, unavailable("refresh", err))
 		}
-		return nil
+		return errRefreshLater
 	}
-	return nil
+	return errRefreshLater
 }
+
+// errRefreshLater tells the refresher that the lease could not be
+// extended this time (memcached unreachable, or the item kept changing) but
+// is not known to be lost.
+var errRefreshLater = errors.New("memcachelock: refresh postponed")
+
+// refreshRetry is how soon the refresher tries again after errRefreshLater.
+const refreshRetry = 100 * time.Millisecond
 
 // release stops the refresher and gives the lock back if it is still this
 // hold's, by CAS: to the first process in the lock's queue (appending this
