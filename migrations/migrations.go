@@ -5,6 +5,14 @@
 //	goose -dir migrations/postgres postgres "$DATABASE_URL" up
 //
 // or from Go with Up, which applies the embedded copies.
+//
+// The table, Table, has no UNIQUE constraint on name: a name is reusable
+// once its reservation expires, so the application keeps "one active
+// reservation per name" (txlock.Run around the check-then-insert); the
+// index on (name, expires_at) makes the check cheap. Postgres stores times
+// as timestamptz. SQLite stores them as TEXT in modernc.org/sqlite's
+// _time_format=sqlite layout; bind them in UTC and compare with bound
+// times, and the text compares as the instants do (see the SQL file).
 package migrations
 
 import (

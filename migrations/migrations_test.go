@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"time"
 
 	_ "modernc.org/sqlite"
 
@@ -75,5 +76,43 @@ func TestBadInput(t *testing.T) {
 	}
 	if _, err := migrations.FS("oracle"); err == nil {
 		t.Error("FS of an unknown dialect")
+	}
+}
+
+// TestSQLiteTimesCompareAsInstants pins the choice the SQLite schema
+// documents: times are TEXT as modernc.org/sqlite writes a time.Time with
+// _time_format=sqlite, in UTC, and comparing that text compares instants,
+// although the fraction has no fixed width ("…:05+00:00", "…:05.1+00:00",
+// "…:05.15+00:00").
+func TestSQLiteTimesCompareAsInstants(t *testing.T) {
+	dsn := "file:" + filepath.Join(t.TempDir(), "t.db") + "?_time_format=sqlite"
+	db, err := sql.Open("sqlite", dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	if err := migrations.Up(ctx, db, migrations.SQLite); err != nil {
+		t.Fatal(err)
+	}
+	base := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	offsets := []time.Duration{0, 100 * time.Millisecond, 150 * time.Millisecond, 999_999 * time.Microsecond, time.Second, 10 * time.Second}
+	for _, d := range offsets {
+		// In UTC, as the schema says: the driver writes a time in its
+		// own zone, and text in two zones does not compare as instants.
+		at := base.Add(d).UTC()
+		if _, err := db.ExecContext(ctx, "INSERT INTO "+migrations.Table+" (name, owner, created_at, expires_at) VALUES (?, 'o', ?, ?)",
+			d.String(), base, at); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, d := range offsets {
+		var n int
+		if err := db.QueryRowContext(ctx, "SELECT count(*) FROM "+migrations.Table+" WHERE expires_at > ?", base.Add(d)).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		if want := len(offsets) - 1 - i; n != want {
+			t.Errorf("rows expiring after base+%v: %d, want %d", d, n, want)
+		}
 	}
 }

@@ -1,28 +1,53 @@
 // Package matrix_test proves the correctness model of BRIEF §5 against the
 // real PostgreSQL: a hot check-then-insert of reusable names keeps exactly
 // one active reservation per name, and loses no acknowledged one, at every
-// isolation level with every locker. The same harness shows that the naive
-// check-then-insert (no transaction, no lock) does produce duplicates, so it
-// can fail.
+// isolation level with every locker. The same harness shows that it can
+// fail: the naive check-then-insert (no transaction, no lock) and an
+// advisory lock taken as the first statement of a REPEATABLE READ body
+// (without advisorylock's snapshot check) both produce duplicates.
 //
-// Workers run in several OS processes (this test binary, re-executed) for
-// every locker that spans processes; the in-process locker guards one
-// process, so its rows run in one.
+// Workers run in several OS processes (this test binary, re-executed with
+// -test.run=^TestMatrixChild$) for every locker that spans processes; the
+// in-process locker guards one process, so its rows run in one. All
+// workers of a row start together: each child connects, reports "ready",
+// and waits for the parent's "go" on stdin.
 //
-//	go test -v -run TestMatrix ./internal/matrix/          # short form, in CI
-//	TXLOCK_MATRIX=long go test -v -run TestMatrix ./internal/matrix/
+// Which locker when (see also the advisorylock and memcachelock docs):
+//
+//   - in-process: one process only; tests and single-server apps.
+//   - memcached: waiters queue outside the database and hold no
+//     connection; the lock is soft (eviction, restart, a paused holder), so
+//     at READ COMMITTED and REPEATABLE READ it is the only thing that
+//     serializes the writers: zero duplicates in a fault-free run, but the
+//     guarantee under faults needs one of the two below.
+//   - advisory: a guarantee held by the database, released exactly at
+//     transaction end; every waiter holds a connection.
+//   - memcached+advisory: a queue outside the database and a guarantee
+//     inside it.
+//   - retry-only (SERIALIZABLE, no keys): the database detects the conflict
+//     and Run redoes the loser's work.
+//
+// Run it:
+//
+//	CI=true go test -race -count=1 -v -run TestMatrix ./internal/matrix/   # short form, in CI
+//	TXLOCK_MATRIX=long go test -count=1 -v -run TestMatrix ./internal/matrix/
 package matrix_test
 
 import (
+	"bufio"
 	"context"
 	"database/sql"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,36 +59,86 @@ import (
 	"github.com/txlock/txlock/memcachelock"
 	"github.com/txlock/txlock/migrations"
 	"github.com/txlock/txlock/retry"
+	"github.com/txlock/txlock/sqladapter"
 )
 
-const childEnv = "TXLOCK_MATRIX_CHILD"
+// Lockers of the matrix. The last two are the controls that must fail.
+const (
+	local      = "local"
+	memcached  = "memcached"
+	advisory   = "advisory"
+	combined   = "memcached+advisory"
+	retryOnly  = "retry-only"
+	naive      = "naive"
+	rawAdvisor = "raw-advisory"
+)
 
-func TestMain(m *testing.M) {
-	if spec := os.Getenv(childEnv); spec != "" {
-		os.Exit(child(spec))
-	}
-	os.Exit(m.Run())
-}
+// Environment of a child process (TestMatrixChild).
+const (
+	envDB      = "TXLOCK_MATRIX_DB"
+	envMC      = "TXLOCK_MATRIX_MEMCACHED"
+	envLocker  = "TXLOCK_MATRIX_LOCKER"
+	envLevel   = "TXLOCK_MATRIX_LEVEL"
+	envNames   = "TXLOCK_MATRIX_NAMES" // JSON array: a name may hold any byte
+	envWorkers = "TXLOCK_MATRIX_WORKERS"
+	envPrefix  = "TXLOCK_MATRIX_PREFIX"
 
-// cell is one run of the matrix, and what a child process is told to do.
+	readyLine  = "matrix: ready"
+	resultMark = "matrix-result: "
+)
+
+// cell is one row of the matrix as one process runs it.
 type cell struct {
-	Level   string // read committed | repeatable read | serializable | "" for naive
-	Locker  string // local | memcached | advisory | memcached+advisory | retry-only | naive
+	Level   string // read committed | repeatable read | serializable | "" (naive)
+	Locker  string
 	DB      string
 	MC      string
-	Prefix  string
+	Prefix  string // separates the rows' memcached keys and advisory ids
 	Names   []string
-	Workers int
-	Procs   int
-	Start   time.Time
+	Workers int // in this process
+}
+
+func (c cell) env() []string {
+	names, _ := json.Marshal(c.Names)
+	return []string{
+		envDB + "=" + c.DB, envMC + "=" + c.MC, envLocker + "=" + c.Locker, envLevel + "=" + c.Level,
+		envNames + "=" + string(names), envWorkers + "=" + strconv.Itoa(c.Workers), envPrefix + "=" + c.Prefix,
+	}
+}
+
+func cellFromEnv() (cell, error) {
+	c := cell{DB: os.Getenv(envDB), MC: os.Getenv(envMC), Locker: os.Getenv(envLocker),
+		Level: os.Getenv(envLevel), Prefix: os.Getenv(envPrefix)}
+	if err := json.Unmarshal([]byte(os.Getenv(envNames)), &c.Names); err != nil {
+		return c, fmt.Errorf("%s: %w", envNames, err)
+	}
+	n, err := strconv.Atoi(os.Getenv(envWorkers))
+	if err != nil {
+		return c, fmt.Errorf("%s: %w", envWorkers, err)
+	}
+	c.Workers = n
+	return c, nil
 }
 
 // outcome is what one process's workers saw.
 type outcome struct {
 	Acked    []int64 // ids of reservations whose Run returned nil
-	Taken    int     // reservations refused because the name was active
-	Attempts int
-	Errors   []string
+	Taken    int     // runs that found the name active and committed nothing
+	Attempts int     // every attempt of every Run, counted by WithObserver
+	// Retries by cause: serialization failure (40001), a lock lost or a
+	// stale REPEATABLE READ snapshot (advisorylock), anything else.
+	Serialization, Lost, OtherRetries int
+	Errors                            []string
+}
+
+func (o *outcome) add(p outcome) {
+	o.Acked = append(o.Acked, p.Acked...)
+	o.Taken += p.Taken
+	o.Attempts += p.Attempts
+	o.Serialization += p.Serialization
+	o.Lost += p.Lost
+	o.OtherRetries += p.OtherRetries
+	o.Errors = append(o.Errors, p.Errors...)
 }
 
 var levels = map[string]sql.IsolationLevel{
@@ -72,81 +147,137 @@ var levels = map[string]sql.IsolationLevel{
 	"serializable":    sql.LevelSerializable,
 }
 
-var errTaken = errors.New("name taken")
-
-func child(spec string) int {
-	var c cell
-	if err := json.Unmarshal([]byte(spec), &c); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+// TestMatrixChild is one worker process of TestMatrix; run on its own it
+// skips.
+func TestMatrixChild(t *testing.T) {
+	if os.Getenv(envLocker) == "" {
+		t.Skip("a worker process of TestMatrix")
+	}
+	c, err := cellFromEnv()
+	if err != nil {
+		t.Fatal(err)
 	}
 	db, err := sql.Open("pgx", c.DB)
 	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 2
+		t.Fatal(err)
 	}
 	defer db.Close()
-	out := work(context.Background(), db, c)
-	if err := json.NewEncoder(os.Stdout).Encode(out); err != nil {
-		return 2
+	gate := make(chan struct{})
+	done := make(chan outcome, 1)
+	go func() { done <- work(context.Background(), db, c, gate) }()
+	warm(t, db, c.Workers)
+	fmt.Println(readyLine)
+	// The parent writes one line when every process is ready.
+	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
+		t.Fatalf("waiting for the start signal: %v", err)
 	}
-	return 0
+	close(gate)
+	b, err := json.Marshal(<-done)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Println(resultMark + string(b))
 }
 
-func lockerOptions(c cell) []txlock.Option {
-	mc := func() *memcache.Client { return memcache.New(c.MC) }
+// warm opens n connections, so that the barrier is not followed by a
+// burst of connection setups that would spread the workers' start.
+func warm(t testing.TB, db *sql.DB, n int) {
+	t.Helper()
+	db.SetMaxIdleConns(n + 2)
+	conns := make([]*sql.Conn, 0, n)
+	for range n {
+		c, err := db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	for _, c := range conns {
+		_ = c.Close()
+	}
+}
+
+// counter is a WithObserver that counts attempts and why they failed. It
+// is shared by all workers of a process.
+type counter struct{ attempts, serialization, lost, other atomic.Int64 }
+
+func (k *counter) observe(ev txlock.Event) {
+	k.attempts.Add(1)
+	if !ev.Retry {
+		return
+	}
+	code, _ := sqladapter.SQLState(ev.Err)
+	switch {
+	case code == sqladapter.CodeSerializationFailure:
+		k.serialization.Add(1)
+	case errors.Is(ev.Err, txlock.ErrLockLost):
+		k.lost.Add(1)
+	default:
+		k.other.Add(1)
+	}
+}
+
+func options(c cell, k *counter) []txlock.Option {
+	mc := func() txlock.Locker {
+		return memcachelock.New(memcache.New(c.MC), memcachelock.WithPrefix(c.Prefix))
+	}
+	adv := func() txlock.Locker { return advisorylock.New(advisorylock.WithNamespace(c.Prefix)) }
 	opts := []txlock.Option{
 		txlock.WithMaxAttempts(200),
 		txlock.WithBackoff(retry.Exponential{Base: time.Millisecond, Max: 50 * time.Millisecond}),
+		txlock.WithObserver(k.observe),
 	}
 	if lv, ok := levels[c.Level]; ok {
 		opts = append(opts, txlock.WithTxOptions(&sql.TxOptions{Isolation: lv}))
 	}
 	switch c.Locker {
-	case "local":
+	case local:
 		opts = append(opts, txlock.WithLocker(txlock.NewLocalLocker()))
-	case "memcached":
-		opts = append(opts, txlock.WithLocker(memcachelock.New(mc(), memcachelock.WithPrefix(c.Prefix))))
-	case "advisory":
-		opts = append(opts, txlock.WithLocker(advisorylock.New(advisorylock.WithNamespace(c.Prefix))))
-	case "memcached+advisory":
-		opts = append(opts, txlock.WithLocker(
-			memcachelock.New(mc(), memcachelock.WithPrefix(c.Prefix)),
-			advisorylock.New(advisorylock.WithNamespace(c.Prefix))))
+	case memcached:
+		opts = append(opts, txlock.WithLocker(mc()))
+	case advisory:
+		opts = append(opts, txlock.WithLocker(adv()))
+	case combined:
+		opts = append(opts, txlock.WithLocker(mc(), adv()))
 	}
 	return opts
 }
 
-// work runs c.Workers workers in this process; each reserves every name of
-// c.Names, in the same order, once.
-func work(ctx context.Context, db *sql.DB, c cell) outcome {
-	opts := lockerOptions(c)
+// work runs c.Workers workers in this process once gate is closed; each
+// reserves every name of c.Names, in the same order.
+func work(ctx context.Context, db *sql.DB, c cell, gate <-chan struct{}) outcome {
+	var k counter
+	opts := options(c, &k)
 	var mu sync.Mutex
 	var out outcome
 	var wg sync.WaitGroup
-	time.Sleep(time.Until(c.Start))
 	for w := range c.Workers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			owner := fmt.Sprintf("p%d-w%d", os.Getpid(), w)
+			<-gate
 			for _, name := range c.Names {
-				id, attempts, err := reserve(ctx, db, c, opts, name, owner)
+				id, taken, err := reserve(ctx, db, c, opts, name, owner)
 				mu.Lock()
-				out.Attempts += attempts
 				switch {
-				case err == nil:
-					out.Acked = append(out.Acked, id)
-				case errors.Is(err, errTaken):
+				case err != nil:
+					out.Errors = append(out.Errors, err.Error())
+				case taken:
 					out.Taken++
 				default:
-					out.Errors = append(out.Errors, err.Error())
+					out.Acked = append(out.Acked, id)
 				}
 				mu.Unlock()
 			}
 		}()
 	}
 	wg.Wait()
+	out.Attempts = int(k.attempts.Load())
+	out.Serialization, out.Lost, out.OtherRetries = int(k.serialization.Load()), int(k.lost.Load()), int(k.other.Load())
+	if c.Locker == naive {
+		out.Attempts = len(out.Acked) + out.Taken + len(out.Errors)
+	}
 	return out
 }
 
@@ -155,86 +286,146 @@ const (
 	qInsert = `INSERT INTO name_reservations (name, owner, expires_at) VALUES ($1, $2, now() + interval '1 hour') RETURNING id`
 )
 
-func reserve(ctx context.Context, db *sql.DB, c cell, opts []txlock.Option, name, owner string) (int64, int, error) {
-	if c.Locker == "naive" {
+// reserve is the example's check-then-insert. taken reports that the name
+// was active; that run commits nothing but still commits.
+func reserve(ctx context.Context, db *sql.DB, c cell, opts []txlock.Option, name, owner string) (id int64, taken bool, err error) {
+	if c.Locker == naive {
 		// The seeds' bug: check, then insert, no transaction, no lock.
 		// The pause stands for the request's other work between the
-		// two, and makes the race show on every run.
-		var active bool
-		if err := db.QueryRowContext(ctx, qActive, name).Scan(&active); err != nil {
-			return 0, 1, err
-		}
-		if active {
-			return 0, 1, errTaken
+		// two and makes the race show on every run. Only here: the
+		// locked variants get no help from a widened window.
+		if err := db.QueryRowContext(ctx, qActive, name).Scan(&taken); err != nil || taken {
+			return 0, taken, err
 		}
 		time.Sleep(5 * time.Millisecond)
-		var id int64
-		return id, 1, db.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
+		return id, false, db.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
 	}
 	var keys []string
-	if c.Locker != "retry-only" {
+	if c.Locker != retryOnly && c.Locker != rawAdvisor {
 		keys = []string{"name:" + name}
 	}
-	var id int64
-	attempts := 0
-	err := txlock.Run(ctx, db, keys, func(ctx context.Context, tx *sql.Tx) error {
-		attempts = txlock.Attempt(ctx)
-		var active bool
-		if err := tx.QueryRowContext(ctx, qActive, name).Scan(&active); err != nil {
+	err = txlock.Run(ctx, db, keys, func(ctx context.Context, tx *sql.Tx) error {
+		id, taken = 0, false
+		if c.Locker == rawAdvisor {
+			// What a hand-written advisory lock looks like: the lock
+			// is the body's first statement. At REPEATABLE READ that
+			// statement also fixes the snapshot, before the wait.
+			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, advisorylock.ID(c.Prefix, "name:"+name)); err != nil {
+				return err
+			}
+		}
+		if err := tx.QueryRowContext(ctx, qActive, name).Scan(&taken); err != nil || taken {
 			return err
 		}
-		if active {
-			return errTaken
-		}
-		time.Sleep(time.Millisecond) // widen the gap the lock must close
 		return tx.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
 	}, opts...)
-	return id, attempts, err
+	return id, taken, err
 }
 
-// runCell runs c over c.Procs processes (1: in this one) and merges what
-// they saw.
-func runCell(t *testing.T, c cell) outcome {
+// runRow runs c with `procs` processes of c.Workers/procs workers each (1:
+// in this process) and merges what they saw. seconds is from the start
+// signal to the last worker's end.
+func runRow(t *testing.T, c cell, procs int) (out outcome, seconds float64) {
 	t.Helper()
-	c.Start = time.Now().Add(200 * time.Millisecond)
-	if c.Procs <= 1 {
-		db := testenv.OpenURL(t, c.DB)
-		return work(context.Background(), db, c)
+	if procs <= 1 {
+		// A pool for this row only: warm keeps c.Workers connections
+		// idle, and the rows together would exhaust the server's.
+		db, err := sql.Open("pgx", c.DB)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close()
+		warm(t, db, c.Workers)
+		gate := make(chan struct{})
+		start := time.Now()
+		done := make(chan outcome, 1)
+		go func() { done <- work(context.Background(), db, c, gate) }()
+		close(gate)
+		out = <-done
+		return out, time.Since(start).Seconds()
 	}
-	c.Start = time.Now().Add(1500 * time.Millisecond) // children need time to start
-	var wg sync.WaitGroup
-	outs := make([]outcome, c.Procs)
-	errs := make([]error, c.Procs)
 	per := c
-	per.Workers = c.Workers / c.Procs
-	spec, _ := json.Marshal(per)
-	for p := range c.Procs {
+	per.Workers = c.Workers / procs
+	type proc struct {
+		cmd    *exec.Cmd
+		stdin  io.WriteCloser
+		stdout *bufio.Reader
+	}
+	ps := make([]proc, procs)
+	for i := range ps {
+		cmd := exec.Command(os.Args[0], "-test.run=^TestMatrixChild$", "-test.count=1")
+		// A race-enabled binary sleeps a second at exit unless told not
+		// to; that is a second per row.
+		cmd.Env = append(os.Environ(), append(per.env(), "GORACE=atexit_sleep_ms=0 "+os.Getenv("GORACE"))...)
+		cmd.Stderr = os.Stderr
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		stdout, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+		ps[i] = proc{cmd, stdin, bufio.NewReader(stdout)}
+	}
+	for i, p := range ps {
+		if _, err := readUntil(p.stdout, readyLine); err != nil {
+			t.Fatalf("process %d never got ready: %v", i, err)
+		}
+	}
+	start := time.Now()
+	for _, p := range ps {
+		_, _ = io.WriteString(p.stdin, "go\n")
+	}
+	outs := make([]outcome, procs)
+	errs := make([]error, procs)
+	ends := make([]time.Duration, procs)
+	var wg sync.WaitGroup
+	for i, p := range ps {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			cmd := exec.Command(os.Args[0])
-			cmd.Env = append(os.Environ(), childEnv+"="+string(spec))
-			cmd.Stderr = os.Stderr
-			b, err := cmd.Output()
-			if err != nil {
-				errs[p] = err
-				return
+			line, err := readUntil(p.stdout, resultMark)
+			ends[i] = time.Since(start)
+			if err == nil {
+				err = json.Unmarshal([]byte(strings.TrimPrefix(line, resultMark)), &outs[i])
 			}
-			errs[p] = json.Unmarshal(b, &outs[p])
+			_, _ = io.Copy(io.Discard, p.stdout) // the test binary's PASS
+			if werr := p.cmd.Wait(); err == nil {
+				err = werr
+			}
+			errs[i] = err
 		}()
 	}
 	wg.Wait()
-	var all outcome
-	for p := range c.Procs {
-		if errs[p] != nil {
-			t.Fatalf("process %d: %v", p, errs[p])
+	seconds = slices.Max(ends).Seconds()
+	for i := range ps {
+		if errs[i] != nil {
+			t.Fatalf("process %d: %v", i, errs[i])
 		}
-		all.Acked = append(all.Acked, outs[p].Acked...)
-		all.Taken += outs[p].Taken
-		all.Attempts += outs[p].Attempts
-		all.Errors = append(all.Errors, outs[p].Errors...)
+		out.add(outs[i])
 	}
-	return all
+	return out, seconds
+}
+
+// readUntil reads lines until one starts with prefix and returns it. The
+// lines it skipped are in its error: a child's test failure is printed there.
+func readUntil(r *bufio.Reader, prefix string) (string, error) {
+	var skipped strings.Builder
+	for {
+		line, err := r.ReadString('\n')
+		if strings.HasPrefix(line, prefix) {
+			return strings.TrimSuffix(line, "\n"), nil
+		}
+		skipped.WriteString(line)
+		if err != nil {
+			return "", fmt.Errorf("no %q line (%w) in:\n%s", prefix, err, skipped.String())
+		}
+	}
 }
 
 type verdict struct {
@@ -264,7 +455,9 @@ func check(t *testing.T, db *sql.DB, names []string, acked []int64) verdict {
 		}
 		stored[id] = true
 	}
-	rows.Close()
+	if err := rows.Close(); err != nil {
+		t.Fatal(err)
+	}
 	ackedSet := map[int64]bool{}
 	for _, id := range acked {
 		ackedSet[id] = true
@@ -285,10 +478,34 @@ func check(t *testing.T, db *sql.DB, names []string, acked []int64) verdict {
 	return v
 }
 
+type row struct {
+	level, locker string
+	procs         int
+	mustFail      bool // a control: the harness must see duplicates
+}
+
+func matrixRows(procs int) []row {
+	var rows []row
+	for _, level := range []string{"read committed", "repeatable read", "serializable"} {
+		for _, l := range []string{local, memcached, advisory, combined} {
+			p := procs
+			if l == local {
+				p = 1 // it guards one process
+			}
+			rows = append(rows, row{level: level, locker: l, procs: p})
+		}
+	}
+	return append(rows,
+		row{level: "serializable", locker: retryOnly, procs: procs},
+		row{level: "", locker: naive, procs: procs, mustFail: true},
+		row{level: "repeatable read", locker: rawAdvisor, procs: procs, mustFail: true},
+	)
+}
+
 func TestMatrix(t *testing.T) {
-	names, workers, procs := 4, 12, 2
+	names, workers, procs := 20, 16, 2
 	if os.Getenv("TXLOCK_MATRIX") == "long" {
-		names, workers, procs = 40, 32, 4
+		names, workers, procs = 100, 32, 4
 	}
 	url := testenv.PostgresURL(t)
 	db := testenv.OpenURL(t, url)
@@ -301,50 +518,35 @@ func TestMatrix(t *testing.T) {
 		nameList[i] = fmt.Sprintf("name-%02d", i)
 	}
 
-	type row struct {
-		level, locker string
-		procs         int
-	}
-	var rows []row
-	for _, level := range []string{"read committed", "repeatable read", "serializable"} {
-		for _, locker := range []string{"local", "memcached", "advisory", "memcached+advisory"} {
-			p := procs
-			if locker == "local" {
-				p = 1
-			}
-			rows = append(rows, row{level, locker, p})
-		}
-	}
-	rows = append(rows, row{"serializable", "retry-only", procs}, row{"", "naive", 1})
-
 	var table strings.Builder
-	fmt.Fprintf(&table, "\n%-16s %-19s %5s %7s %10s %8s %8s %15s %8s\n",
-		"level", "locker", "procs", "workers", "duplicates", "missing", "errors", "attempts/run", "seconds")
-	for i, r := range rows {
+	fmt.Fprintf(&table, "\n%-16s %-19s %5s %7s %10s %7s %6s %9s %12s %8s\n",
+		"level", "locker", "procs", "workers", "duplicates", "missing", "errors",
+		"att/commit", "40001/lost", "seconds")
+	for i, r := range matrixRows(procs) {
 		if _, err := db.Exec(`TRUNCATE name_reservations`); err != nil {
 			t.Fatal(err)
 		}
 		c := cell{Level: r.level, Locker: r.locker, DB: url, MC: mc.Addr(), Prefix: fmt.Sprintf("m%d:", i),
-			Names: nameList, Workers: workers, Procs: r.procs}
-		start := time.Now()
-		out := runCell(t, c)
-		secs := time.Since(start).Seconds()
+			Names: nameList, Workers: workers}
+		out, secs := runRow(t, c, r.procs)
 		v := check(t, db, nameList, out.Acked)
-		perCommit := float64(out.Attempts) / float64(max(len(out.Acked)+out.Taken, 1))
+		commits := len(out.Acked) + out.Taken
 		level := r.level
 		if level == "" {
 			level = "(none)"
 		}
-		fmt.Fprintf(&table, "%-16s %-19s %5d %7d %10d %8d %8d %15.3f %8.2f\n",
-			level, r.locker, r.procs, workers, v.duplicates, v.missing, len(out.Errors), perCommit, secs)
+		fmt.Fprintf(&table, "%-16s %-19s %5d %7d %10d %7d %6d %9.3f %12s %8.2f\n",
+			level, r.locker, r.procs, workers, v.duplicates, v.missing, len(out.Errors),
+			float64(out.Attempts)/float64(max(commits, 1)),
+			fmt.Sprintf("%d/%d", out.Serialization, out.Lost), secs)
 
-		if r.locker == "naive" {
+		name := level + "/" + r.locker
+		if r.mustFail {
 			if v.duplicates == 0 {
-				t.Errorf("naive check-then-insert produced no duplicates: the harness cannot tell right from wrong")
+				t.Errorf("%s produced no duplicates: the harness cannot tell right from wrong", name)
 			}
 			continue
 		}
-		name := level + "/" + r.locker
 		if v.duplicates != 0 {
 			t.Errorf("%s: %d names with more than one active reservation", name, v.duplicates)
 		}
@@ -357,7 +559,10 @@ func TestMatrix(t *testing.T) {
 		if len(out.Errors) > 0 {
 			t.Errorf("%s: %d errors, first: %s", name, len(out.Errors), out.Errors[0])
 		}
-		if got, want := len(out.Acked)+out.Taken+len(out.Errors), workers*names; got != want {
+		if out.OtherRetries != 0 {
+			t.Errorf("%s: %d retries for an unexpected cause", name, out.OtherRetries)
+		}
+		if got, want := commits+len(out.Errors), workers*names; got != want {
 			t.Errorf("%s: %d outcomes, want %d", name, got, want)
 		}
 	}

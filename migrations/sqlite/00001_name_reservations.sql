@@ -2,8 +2,11 @@
 --
 -- As in the Postgres schema there is no UNIQUE constraint on name: a name is
 -- reusable once it expires. Times are TEXT as modernc.org/sqlite writes a
--- time.Time ("2006-01-02 15:04:05.999999999-07:00"); write them in UTC so
--- that comparing the text compares the instants.
+-- time.Time with _time_format=sqlite ("2006-01-02 15:04:05.999999999-07:00").
+-- Bind them in UTC (t.UTC(): the driver keeps the value's own zone), and
+-- compare with bound times, not SQLite's datetime('now') (another format):
+-- then comparing the text compares the instants, whatever the width of the
+-- fraction, because '+' (the UTC offset) sorts before '.' and every digit.
 
 -- +goose Up
 CREATE TABLE name_reservations (
