@@ -39,9 +39,11 @@ var (
 	// from Lease.Verify.
 	ErrLockLost = errors.New("txlock: lock lost")
 
-	// ErrLockUnavailable means the lock service could not be reached. Run
-	// returns it without retrying. Lockers wrap it around the transport
-	// error, which stays in the chain.
+	// ErrLockUnavailable means the lock service could not be reached:
+	// returned by Run when it was still unreachable when the lock wait was
+	// spent. Lockers wrap it around the transport error, which stays in the
+	// chain. A lease that cannot be verified before COMMIT for this reason
+	// makes Run roll back and retry instead.
 	ErrLockUnavailable = errors.New("txlock: lock service unavailable")
 
 	// ErrInvalid is wrapped by every error about bad arguments: a nil

@@ -102,7 +102,7 @@ func ExampleAfterCommit() {
 	// <nil>
 }
 
-// WithLockWait(0) is the second seed's "did I get it?": a busy lock is an
+// WithLockWait(0) asks "did I get it?": a busy lock is an
 // error at once instead of a wait.
 func ExampleWithLockWait() {
 	db := openExampleDB()

@@ -67,12 +67,12 @@ func TestWriteSkewSerializable(t *testing.T) {
 			}
 			_, err := tx.ExecContext(ctx, "UPDATE doctors SET on_call = false WHERE name = $1", name)
 			return err
-		}, serializable, fastRetry, txlock.WithObserver(func(e txlock.Event) {
+		}, serializable, fastRetry, txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) {
 			var pe *pgconn.PgError
 			if errors.As(e.Err, &pe) && pe.Code == "40001" && e.Retry {
 				serializationFailures.Add(1)
 			}
-		}))
+		}}))
 	}
 	errs := make(chan error, 2)
 	for _, name := range []string{"alice", "bob"} {
@@ -123,12 +123,12 @@ func TestDeadlockIsRetried(t *testing.T) {
 			}
 			_, err := tx.ExecContext(ctx, "UPDATE accounts SET n = n + 1 WHERE id = $1", second)
 			return err
-		}, fastRetry, txlock.WithObserver(func(e txlock.Event) {
+		}, fastRetry, txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) {
 			var pe *pgconn.PgError
 			if errors.As(e.Err, &pe) && pe.Code == "40P01" && e.Retry {
 				deadlocks.Add(1)
 			}
-		}))
+		}}))
 	}
 	errs := make(chan error, 2)
 	go func() { errs <- transfer(1, 2) }()
@@ -145,8 +145,8 @@ func TestDeadlockIsRetried(t *testing.T) {
 	if a != 2 || b != 2 {
 		t.Fatalf("accounts = %d, %d; want 2, 2 (both transactions applied once)", a, b)
 	}
-	if deadlocks.Load() != 1 {
-		t.Fatalf("retried %d deadlocks, want 1", deadlocks.Load())
+	if deadlocks.Load() == 0 {
+		t.Fatal("no deadlock was retried: the test did not exercise the retry")
 	}
 }
 
@@ -177,12 +177,12 @@ func TestUniqueViolationIsRetried(t *testing.T) {
 			}
 			_, err := tx.ExecContext(ctx, "INSERT INTO users VALUES ('a@example.com', $1)", who)
 			return err
-		}, fastRetry, txlock.WithObserver(func(e txlock.Event) {
+		}, fastRetry, txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) {
 			var pe *pgconn.PgError
 			if errors.As(e.Err, &pe) && pe.Code == "23505" && e.Retry {
 				violations.Add(1)
 			}
-		}))
+		}}))
 	}
 	errs := make(chan error, 2)
 	go func() { errs <- register("one") }()

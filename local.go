@@ -2,9 +2,11 @@ package txlock
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 
-	"github.com/txlock/txlock/internal/keymutex"
+	"github.com/txlock/txlock/internal/keyfmt"
+	"github.com/txlock/txlock/internal/keyqueue"
 )
 
 // LocalLocker holds named locks in this process's memory. It is what Run
@@ -21,7 +23,7 @@ import (
 // locker (memcachelock, advisorylock) or a database-level guarantee; see the
 // package documentation.
 type LocalLocker struct {
-	m keymutex.Map
+	m keyqueue.Map[struct{}]
 }
 
 var defaultLocker = NewLocalLocker()
@@ -30,23 +32,26 @@ var defaultLocker = NewLocalLocker()
 // one. Runs using different LocalLockers do not exclude each other.
 func NewLocalLocker() *LocalLocker { return &LocalLocker{} }
 
-// LeasesCannotBeLost reports true: a local lock is held until released.
-func (l *LocalLocker) LeasesCannotBeLost() bool { return true }
-
-// InTx reports false: local locks are taken before BEGIN.
-func (l *LocalLocker) InTx() bool { return false }
+// Traits reports that local locks are taken before BEGIN and cannot be
+// lost while held.
+func (l *LocalLocker) Traits(*sql.TxOptions) Traits {
+	return Traits{Stage: BeforeBegin, Stable: true}
+}
 
 // Acquire takes every key in order, waiting until ctx ends for each, or not
 // at all with req.TryOnce. On failure it releases what it took.
 func (l *LocalLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
+	if l == nil {
+		return nil, invalid("nil *LocalLocker")
+	}
 	for i, k := range req.Keys {
 		var err error
 		if req.TryOnce {
 			if !l.m.TryLock(k) {
-				err = fmt.Errorf("%w: %q", ErrLockBusy, k)
+				err = fmt.Errorf("%w: %s is held in this process", ErrLockBusy, keyfmt.Quote(k))
 			}
-		} else {
-			err = l.m.Lock(ctx, k)
+		} else if _, err = l.m.Lock(ctx, k); err != nil {
+			err = fmt.Errorf("txlock: waiting for %s: %w", keyfmt.Quote(k), err)
 		}
 		if err != nil {
 			for _, held := range req.Keys[:i] {
@@ -57,12 +62,6 @@ func (l *LocalLocker) Acquire(ctx context.Context, req Request) (Lease, error) {
 	}
 	return &localLease{l: l, keys: req.Keys}, nil
 }
-
-// Len reports how many keys are held or waited for right now.
-func (l *LocalLocker) Len() int { return l.m.Len() }
-
-// Waiters reports how many callers hold or wait for key right now.
-func (l *LocalLocker) Waiters(key string) int { return l.m.Waiters(key) }
 
 type localLease struct {
 	l    *LocalLocker

@@ -5,8 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"reflect"
-	"slices"
 	"time"
 
 	"github.com/txlock/txlock/retry"
@@ -21,52 +19,79 @@ type Beginner = sqladapter.Beginner
 //
 // Each attempt:
 //
-//  1. takes the locks of every Locker that acts outside the database
+//  1. takes the locks of every Locker that works outside the database
 //     (memcached, in-process), waiting at most the lock wait, while no
 //     database connection is held;
-//  2. begins a transaction on db with the WithTxOptions options;
-//  3. takes the locks of the lockers that act inside it (advisory locks);
+//  2. takes the locks that live on a database connection (advisory locks
+//     at REPEATABLE READ and SERIALIZABLE), then begins a transaction on
+//     that connection, or on any connection, with the WithTxOptions
+//     options;
+//  3. takes the locks that live inside the transaction (advisory locks at
+//     READ COMMITTED);
 //  4. calls fn with the transaction and a context that carries the attempt
 //     (see Lock, Attempt, AfterCommit) and that is cancelled if a lock is
 //     lost while fn runs;
-//  5. verifies every lock is still held, then commits, checking COMMIT's
-//     result;
-//  6. releases the locks, after the commit or the rollback, on every path.
+//  5. verifies every lock that could have been lost is still held, then
+//     commits, checking COMMIT's result;
+//  6. rolls back if it did not commit, and releases the locks, on every
+//     path.
 //
 // On success the AfterCommit callbacks run, in the order registered, and Run
 // returns nil.
 //
 // When an attempt fails with a conflict (serialization failure, deadlock,
-// unique violation, a lost lock or a broken connection before COMMIT; see
-// sqladapter.Classify and WithClassifier), Run sleeps the backoff, after
+// unique violation, a lost lock, a connection lost before COMMIT; the
+// package documentation lists every case), Run sleeps the backoff, after
 // rollback and release, then runs the whole transaction again: new BEGIN,
 // new snapshot, new locks. It never retries an error of fn's own, a busy
-// lock (ErrLockBusy), an unreachable lock service (ErrLockUnavailable) or a
-// COMMIT whose outcome is unknown (ErrAmbiguousCommit). After the last
+// lock (ErrLockBusy), a lock service still unreachable when the lock wait
+// is spent (ErrLockUnavailable) or a COMMIT whose outcome is unknown and
+// cannot be looked up (ErrAmbiguousCommit; see CommitCheck). After the last
 // attempt it returns an error wrapping ErrTooManyAttempts and the last
 // attempt's error. If ctx ends, Run stops at once and returns an error
 // wrapping the context's cause and, if there was one, the last attempt's
 // error.
 //
-// If fn panics, Run rolls back, releases the locks and panics again with
-// the same value.
+// If fn panics, Run rolls back, releases the locks and lets the panic go
+// on.
 //
 // Keys are deduplicated and sorted before they are taken, so two runs over
 // the same keys in any order cannot deadlock each other. Any non-empty
-// string is a key. Empty or nil keys mean no locks: Run then only retries.
+// string is a key. A nil or empty keys slice means no locks: Run then only
+// retries, which with SERIALIZABLE is a complete concurrency control of its
+// own.
 //
 // Run checks its arguments before touching the database: a nil or typed-nil
 // db, a nil fn or ctx, an empty key, or a bad option is an error wrapping
 // ErrInvalid; an already-done ctx returns its error; a ctx from inside
 // another Run's body is ErrNestedRun.
 func Run(ctx context.Context, db Beginner, keys []string, fn func(ctx context.Context, tx *sql.Tx) error, opts ...Option) error {
-	if ctx == nil {
-		return invalid("nil context")
-	}
-	if isNil(db) {
+	if ctx != nil && isNil(db) {
 		return invalid("nil database")
 	}
 	if fn == nil {
+		return invalid("nil function")
+	}
+	return RunTx(ctx, sqlDatabase{db}, keys, func(ctx context.Context, tx Tx) error {
+		st, ok := tx.(sqlTx)
+		if !ok {
+			return errNotSQLTx
+		}
+		return fn(ctx, st.tx)
+	}, opts...)
+}
+
+// RunTx is Run for a Database of any kind: it is how txlockpgx runs pgx
+// transactions through the same attempts, lockers and retry decisions as
+// Run. fn receives the transaction as db began it. Everything Run
+// documents holds for RunTx.
+func RunTx(ctx context.Context, db Database, keys []string, fn func(ctx context.Context, tx Tx) error, opts ...Option) error {
+	switch {
+	case ctx == nil:
+		return invalid("nil context")
+	case isNil(db):
+		return invalid("nil database")
+	case fn == nil:
 		return invalid("nil function")
 	}
 	sorted, err := normalizeKeys(keys)
@@ -77,37 +102,158 @@ func Run(ctx context.Context, db Beginner, keys []string, fn func(ctx context.Co
 	if err != nil {
 		return err
 	}
-	if st := stateFrom(ctx); st != nil && !st.isClosed() {
+	if a := attemptFrom(ctx); a != nil && a.inBody() {
 		return ErrNestedRun
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("txlock: %w", context.Cause(ctx))
 	}
+	r := &run{cfg: cfg, db: db, keys: sorted, fn: fn}
+	return r.do(ctx)
+}
 
-	r := &runner{cfg: cfg, db: db, keys: sorted, fn: fn}
-	var last error
-	for attempt := 1; ; attempt++ {
-		ev := r.attempt(ctx, attempt)
-		if ev.Err == nil {
-			r.observe(ev)
+// run is one call of Run: its configuration and its attempts.
+type run struct {
+	cfg  *config
+	db   Database
+	keys []string
+	fn   func(context.Context, Tx) error
+	info RunInfo
+	obs  observers
+}
+
+// do makes attempts until one commits, one fails for good, the attempts
+// run out, or ctx ends.
+func (r *run) do(ctx context.Context) (err error) {
+	r.obs = r.cfg.observers
+	res := RunResult{Panicked: true} // until Run returns normally
+	if len(r.obs) > 0 {
+		r.info = RunInfo{Keys: len(r.keys), Lockers: r.cfg.lockers, TxOptions: r.cfg.txOptions,
+			MaxAttempts: r.cfg.maxAttempts, LockWait: r.cfg.lockWait}
+		start := time.Now()
+		ctx = r.obs.runStart(ctx, r.info)
+		defer func() {
+			res.Err, res.Duration = err, time.Since(start)
+			r.obs.runDone(ctx, r.info, res)
+		}()
+	}
+	for n := 1; ; n++ {
+		res.Attempts = n
+		v, err := r.attempt(ctx, n)
+		switch {
+		case err == nil:
+			res.Panicked = false
 			return nil
+		case v == again && n >= r.cfg.maxAttempts:
+			res.Panicked = false
+			return fmt.Errorf("%w (%d): %w", ErrTooManyAttempts, n, err)
+		case v == again:
+			if serr := retry.Sleep(ctx, r.cfg.backoff.Delay(n)); serr != nil {
+				res.Panicked = false
+				return stopped(ctx, err)
+			}
+			continue
 		}
-		ev.Retry = ev.retryable && attempt < cfg.maxAttempts && ctx.Err() == nil
-		r.observe(ev)
-		if ctx.Err() != nil && !errors.Is(ev.Err, ErrAmbiguousCommit) {
-			return stopped(ctx, ev.Err)
+		res.Panicked = false
+		if ctx.Err() != nil && !errors.Is(err, ErrAmbiguousCommit) {
+			return stopped(ctx, err)
 		}
-		if !ev.retryable {
-			return ev.Err
+		return err
+	}
+}
+
+// attempt runs attempt n and returns its error (nil when it committed)
+// and what the error means.
+func (r *run) attempt(ctx context.Context, n int) (v verdict, err error) {
+	if len(r.obs) > 0 {
+		ctx = r.obs.attemptStart(ctx, r.info, n)
+	}
+	a := newAttempt(r, ctx, n)
+	succeeded, returned := false, false
+	var reason string
+	defer func() {
+		releaseErr := a.end()
+		if len(r.obs) > 0 {
+			r.obs.attemptDone(ctx, r.info, a.event(err, v, reason, releaseErr, !returned))
 		}
-		last = ev.Err
-		if attempt >= cfg.maxAttempts {
-			return fmt.Errorf("%w (%d): %w", ErrTooManyAttempts, attempt, last)
+		// The body's context stays alive for the callbacks, which may
+		// have captured it; a panic in one still cancels it.
+		defer a.cancel(nil)
+		if succeeded {
+			// After release, so slow callbacks do not hold the keys;
+			// never after a failed COMMIT, nor while a panic or
+			// runtime.Goexit unwinds through here.
+			for _, f := range a.after {
+				f()
+			}
 		}
-		if err := retry.Sleep(ctx, cfg.backoff.Delay(attempt)); err != nil {
-			return stopped(ctx, last)
+	}()
+
+	ph, err := a.steps(r.fn)
+	if err != nil {
+		v, reason = decide(err, ph, a.lostCause(), ctx.Err() != nil, r.cfg.classify)
+		if v == ambiguous {
+			v, reason, err = a.lookUp(err)
+		}
+		if isFault(v, reason, err) {
+			noteFault()
 		}
 	}
+	succeeded, returned = err == nil, true
+	return v, err
+}
+
+// steps runs the attempt's steps in order and returns the first error and
+// the phase it came from.
+func (a *attempt) steps(fn func(context.Context, Tx) error) (phase, error) {
+	if err := a.lockBeforeBegin(); err != nil {
+		return phaseLock, err
+	}
+	if err := a.holdConn(); err != nil {
+		return phaseBegin, err
+	}
+	if err := a.lockOnConn(); err != nil {
+		return phaseLock, err
+	}
+	if err := a.begin(); err != nil {
+		return phaseBegin, err
+	}
+	if err := a.lockInTx(); err != nil {
+		return phaseLock, err
+	}
+	if err := a.runBody(fn); err != nil {
+		return phaseBody, err
+	}
+	if err := a.recordTxID(); err != nil {
+		return phaseBody, err
+	}
+	if err := a.verify(); err != nil {
+		return phaseVerify, err
+	}
+	return phaseCommit, a.commit()
+}
+
+// event describes the finished attempt to observers.
+func (a *attempt) event(err error, v verdict, reason string, releaseErr error, panicked bool) Event {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	ev := Event{
+		Attempt:    a.n,
+		Err:        err,
+		Retry:      err != nil && v == again && a.n < a.cfg.maxAttempts,
+		Reason:     reason,
+		LockWait:   a.lockWait,
+		Duration:   time.Since(a.start),
+		LeaseLost:  a.lossSeen,
+		Degraded:   a.degraded,
+		Commit:     a.outcome,
+		ReleaseErr: releaseErr,
+		Panicked:   panicked,
+	}
+	if code, ok := sqladapter.SQLState(err); ok {
+		ev.SQLState = code
+	}
+	return ev
 }
 
 // stopped reports the context's end, keeping the last attempt's error in
@@ -118,218 +264,4 @@ func stopped(ctx context.Context, last error) error {
 		return fmt.Errorf("txlock: %w", cause)
 	}
 	return fmt.Errorf("txlock: %w (last error: %w)", cause, last)
-}
-
-func normalizeKeys(keys []string) ([]string, error) {
-	if len(keys) == 0 {
-		return nil, nil
-	}
-	for i, k := range keys {
-		if k == "" {
-			return nil, invalid("key %d is empty", i)
-		}
-	}
-	out := slices.Clone(keys)
-	slices.Sort(out)
-	return slices.Compact(out), nil
-}
-
-// isNil reports whether v is nil or an interface holding a nil pointer,
-// map, slice, channel or function, so a typed-nil *sql.DB is caught before
-// it can panic inside database/sql.
-func isNil(v any) bool {
-	if v == nil {
-		return true
-	}
-	switch rv := reflect.ValueOf(v); rv.Kind() {
-	case reflect.Pointer, reflect.Map, reflect.Slice, reflect.Chan, reflect.Func, reflect.Interface:
-		return rv.IsNil()
-	}
-	return false
-}
-
-type runner struct {
-	cfg  *config
-	db   Beginner
-	keys []string
-	fn   func(context.Context, *sql.Tx) error
-}
-
-type attemptResult struct {
-	Event
-	retryable bool
-}
-
-func (r *runner) observe(ev attemptResult) {
-	if r.cfg.observer != nil {
-		r.cfg.observer(ev.Event)
-	}
-}
-
-// attempt runs one attempt. Its deferred calls are the cleanup guarantee:
-// they roll back, then release, whether the attempt returns or panics.
-func (r *runner) attempt(parent context.Context, n int) (res attemptResult) {
-	start := time.Now()
-	res.Attempt = n
-	// The body's context is cancelled when a lease is lost. When no
-	// locker can lose one and the caller's context cannot end, it is left
-	// uncancellable: drivers such as pgx watch every cancellable context
-	// with a goroutine per statement, which costs several percent.
-	var actx context.Context
-	var cancel context.CancelCauseFunc
-	if parent.Done() == nil && r.cfg.stable {
-		actx, cancel = parent, func(error) {}
-	} else {
-		actx, cancel = context.WithCancelCause(parent)
-	}
-	st := &state{runner: r, attempt: n, cancel: cancel, held: make(map[string]struct{}, len(r.keys))}
-	actx = context.WithValue(actx, stateKey{}, st)
-	st.ctx = actx
-
-	succeeded := false // set by the one return that follows a good COMMIT
-	defer func() {
-		res.ReleaseErr = st.releaseAll(parent)
-		res.Duration = time.Since(start)
-		// The body's context stays alive for the callbacks, which may
-		// have captured it; a panic in one still cancels it.
-		defer cancel(nil)
-		// Only after a COMMIT that succeeded: not after an error, and not
-		// while a panic or runtime.Goexit unwinds through here.
-		if succeeded {
-			// Callbacks run after release, so slow ones do not
-			// extend how long the keys are held.
-			for _, f := range st.after {
-				f()
-			}
-		}
-	}()
-	var tx *sql.Tx
-	defer func() {
-		if tx != nil && !st.committed {
-			_ = tx.Rollback()
-		}
-	}()
-
-	fail := func(err error, retryable bool) attemptResult {
-		res.Err, res.retryable = err, retryable
-		return res
-	}
-
-	// Lockers before the first InTx one act before BEGIN.
-	split := slices.IndexFunc(r.cfg.lockers, Locker.InTx)
-	if split < 0 {
-		split = len(r.cfg.lockers)
-	}
-	// One wait budget for all of the attempt's locks, both sides of BEGIN.
-	waitUntil := time.Time{}
-	if r.cfg.lockWait > 0 {
-		waitUntil = start.Add(r.cfg.lockWait)
-	}
-	waitStart := time.Now()
-	if err := st.acquire(actx, r.cfg.lockers[:split], r.keys, nil, waitUntil); err != nil {
-		return fail(r.classify(parent, st, err, sqladapter.InTx))
-	}
-	res.LockWait = time.Since(waitStart)
-
-	// The transaction lives on the caller's context, not the attempt's: a
-	// lost lease cancels the body's statements (they run on actx), but the
-	// rollback stays ours and synchronous, and a lease lost while COMMIT is
-	// in flight cannot turn a clean commit into an unknown one.
-	if cause := context.Cause(actx); cause != nil {
-		return fail(cause, st.lostRetryable(parent, cause))
-	}
-	var err error
-	tx, err = r.db.BeginTx(parent, r.cfg.txOptions)
-	if err != nil {
-		tx = nil
-		return fail(r.classify(parent, st, fmt.Errorf("txlock: begin: %w", err), sqladapter.InTx))
-	}
-	if cause := context.Cause(actx); cause != nil {
-		return fail(cause, st.lostRetryable(parent, cause))
-	}
-	st.mu.Lock()
-	st.tx = tx
-	st.mu.Unlock()
-
-	waitStart = time.Now()
-	if err := st.acquire(actx, r.cfg.lockers[split:], r.keys, tx, waitUntil); err != nil {
-		// An advisory lock wait can end in a deadlock (40P01) or a
-		// broken connection: the same classification as a statement.
-		return fail(r.classify(parent, st, err, sqladapter.InTx))
-	}
-	res.LockWait += time.Since(waitStart)
-
-	st.setPhase(phaseBody)
-	if err := r.fn(actx, tx); err != nil {
-		st.setPhase(phaseDone)
-		return fail(r.classify(parent, st, err, sqladapter.InTx))
-	}
-	st.setPhase(phaseDone)
-
-	if err := st.verifyAll(actx); err != nil {
-		return fail(err, st.lostRetryable(parent, err))
-	}
-	if cause := st.cause(); cause != nil {
-		return fail(cause, st.lostRetryable(parent, cause))
-	}
-	st.committed = true // from here on, never roll back: COMMIT decides
-	if err := tx.Commit(); err != nil {
-		if errors.Is(err, sql.ErrTxDone) {
-			// database/sql rolled back because the context ended
-			// before COMMIT was sent.
-			cause := st.cause()
-			if cause == nil {
-				// The body ended the transaction itself.
-				return fail(fmt.Errorf("txlock: commit: %w (did the body commit or roll back the tx?)", err), false)
-			}
-			return fail(fmt.Errorf("txlock: commit: %w", cause), st.lostRetryable(parent, cause))
-		}
-		return fail(r.classify(parent, st, fmt.Errorf("txlock: commit: %w", err), sqladapter.AtCommit))
-	}
-	succeeded = true
-	return res
-}
-
-// classify decides what an attempt's error means for the run: give up, or
-// try again.
-func (r *runner) classify(parent context.Context, st *state, err error, phase sqladapter.Phase) (error, bool) {
-	if phase == sqladapter.InTx {
-		// A lost lease cancels the body's context; the statement that
-		// saw it failed with a context error.
-		if cause := context.Cause(st.ctx); errors.Is(cause, ErrLockLost) && parent.Err() == nil {
-			if errors.Is(err, ErrLockLost) {
-				return err, true
-			}
-			return fmt.Errorf("%w (body failed: %v)", cause, err), true
-		}
-		if parent.Err() != nil {
-			return err, false
-		}
-		if errors.Is(err, ErrLockLost) {
-			return err, true
-		}
-	}
-	// Our own verdicts come first: an unreachable lock server wraps a
-	// network error that the driver classifier would call retryable.
-	for _, final := range []error{ErrLockBusy, ErrLockUnavailable, ErrInvalid, ErrNestedRun, ErrNotInRun} {
-		if errors.Is(err, final) {
-			return err, false
-		}
-	}
-	if phase == sqladapter.AtCommit {
-		if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-			// The context ended around COMMIT. database/sql may have
-			// refused to send it, or the driver may have given up on a
-			// COMMIT already sent; the error does not reliably say
-			// which, so the only honest answer is "unknown".
-			return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
-		}
-	}
-	switch r.cfg.classify(err, phase) {
-	case sqladapter.Retryable:
-		return err, true
-	case sqladapter.Ambiguous:
-		return fmt.Errorf("%w: %w", ErrAmbiguousCommit, err), false
-	}
-	return err, false
 }

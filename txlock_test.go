@@ -55,6 +55,11 @@ func pgErr(code string) *pgconn.PgError {
 // noWait makes retries immediate so tests do not sleep.
 var noWait = txlock.WithBackoff(retry.Constant(0))
 
+// onAttempt calls f with every attempt's Event.
+func onAttempt(f func(txlock.Event)) txlock.Option {
+	return txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) { f(e) }})
+}
+
 func insert(ctx context.Context, tx *sql.Tx) error {
 	_, err := tx.ExecContext(ctx, "INSERT INTO names")
 	return err
@@ -95,7 +100,12 @@ func (l *eventLog) String() string {
 	return strings.Join(l.ev, " ")
 }
 
-func (r *recorder) InTx() bool { return r.inTx }
+func (r *recorder) Traits(*sql.TxOptions) txlock.Traits {
+	if r.inTx {
+		return txlock.Traits{Stage: txlock.InTx}
+	}
+	return txlock.Traits{Stage: txlock.BeforeBegin}
+}
 
 // lose reports the last lease lost, as a refresher that found the key gone
 // would.
@@ -108,7 +118,7 @@ func (r *recorder) lose() {
 
 func (r *recorder) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease, error) {
 	n := int(r.attempts.Add(1))
-	r.log.add("%s.acquire%v(tx=%t)", r.name, req.Keys, req.Tx != nil)
+	r.log.add("%s.acquire%v(tx=%t)", r.name, req.Keys, req.Stage == txlock.InTx)
 	if r.acquireErr != nil {
 		if err := r.acquireErr(n); err != nil {
 			return nil, err
@@ -210,7 +220,7 @@ func TestRunRetriesConflicts(t *testing.T) {
 			err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
 				attempts = append(attempts, txlock.Attempt(ctx))
 				return insert(ctx, tx)
-			}, noWait, txlock.WithObserver(func(e txlock.Event) { events = append(events, e) }))
+			}, noWait, txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) { events = append(events, e) }}))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -764,15 +774,42 @@ func TestLostLockRetries(t *testing.T) {
 	})
 }
 
-func TestVerifyFailureIsNotCommitted(t *testing.T) {
+// A lease that cannot be verified because its service is down is never
+// committed under: the attempt rolls back and the next one waits the
+// outage out.
+func TestVerifyUnavailableRollsBackAndRetries(t *testing.T) {
 	db, mock := newMock(t)
 	mock.ExpectBegin()
 	mock.ExpectRollback()
+	mock.ExpectBegin()
+	mock.ExpectCommit()
 	down := fmt.Errorf("%w: dial tcp: connection refused", txlock.ErrLockUnavailable)
-	r := &recorder{name: "mc", log: &eventLog{}, verifyErr: func(int) error { return down }}
-	err := txlock.Run(context.Background(), db, []string{"k"}, func(context.Context, *sql.Tx) error { return nil }, txlock.WithLocker(r))
-	if !errors.Is(err, txlock.ErrLockUnavailable) {
+	r := &recorder{name: "mc", log: &eventLog{}, verifyErr: func(n int) error {
+		if n == 1 {
+			return down
+		}
+		return nil
+	}}
+	var reasons []string
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(context.Context, *sql.Tx) error { return nil },
+		txlock.WithLocker(r), noWait, onAttempt(func(e txlock.Event) { reasons = append(reasons, e.Reason) }))
+	if err != nil {
 		t.Fatalf("err = %v", err)
+	}
+	if !slices.Equal(reasons, []string{"lock_unavailable", ""}) {
+		t.Errorf("reasons = %q", reasons)
+	}
+	// Still down at every attempt: the run ends, and says why.
+	db2, mock2 := newMock(t)
+	for range 2 {
+		mock2.ExpectBegin()
+		mock2.ExpectRollback()
+	}
+	r2 := &recorder{name: "mc", log: &eventLog{}, verifyErr: func(int) error { return down }}
+	err = txlock.Run(context.Background(), db2, []string{"k"}, func(context.Context, *sql.Tx) error { return nil },
+		txlock.WithLocker(r2), noWait, txlock.WithMaxAttempts(2))
+	if !errors.Is(err, txlock.ErrLockUnavailable) || !errors.Is(err, txlock.ErrTooManyAttempts) {
+		t.Fatalf("err = %v, want ErrTooManyAttempts wrapping ErrLockUnavailable", err)
 	}
 }
 
@@ -817,7 +854,7 @@ func TestReleaseErrorIsObservedNotReturned(t *testing.T) {
 	r := &recorder{name: "mc", log: &eventLog{}, releaseErr: errors.New("release failed")}
 	var ev txlock.Event
 	err := txlock.Run(context.Background(), db, []string{"k"}, func(context.Context, *sql.Tx) error { return nil },
-		txlock.WithLocker(r), txlock.WithObserver(func(e txlock.Event) { ev = e }))
+		txlock.WithLocker(r), txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, e txlock.Event) { ev = e }}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -938,7 +975,9 @@ func TestNoGoroutineLeak(t *testing.T) {
 // liar claims its leases cannot be lost, then reports one lost anyway.
 type liar struct{ recorder }
 
-func (*liar) LeasesCannotBeLost() bool { return true }
+func (*liar) Traits(*sql.TxOptions) txlock.Traits {
+	return txlock.Traits{Stage: txlock.BeforeBegin, Stable: true}
+}
 
 func TestStableLockersKeepTheBodyContextUncancellable(t *testing.T) {
 	db, mock := newMock(t)

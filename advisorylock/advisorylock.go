@@ -1,32 +1,72 @@
-// Package advisorylock is a txlock.Locker that holds Postgres
-// transaction-level advisory locks (pg_advisory_xact_lock).
+// Package advisorylock is a txlock.Locker that holds PostgreSQL advisory
+// locks.
 //
-// The locks are held by the database itself, inside the transaction Run
-// begins, and Postgres releases them exactly when that transaction commits
-// or rolls back: there is no lease to lose, no owner to check, nothing to
-// leak, even when the process dies. That makes advisory locks the guarantee
-// of BRIEF's correctness model ("locks for throughput, the transaction for
-// truth"): with them a check-then-insert is correct at every isolation level
-// Postgres offers.
-//
-// The price is that every waiter holds a database connection while it
-// waits, so a hot key can drain the connection pool that other requests
-// need. memcachelock's waiters hold none. Combine them to get both: writers
-// queue in memcached outside the database, and the advisory lock is the
-// guarantee inside it:
+// The locks are held by the database itself, and Postgres ends them with
+// the transaction or the session that holds them: there is no lease to
+// lose, no owner to check, nothing to leak when the process dies. That makes
+// advisory locks a guarantee on their own: with them a check-then-insert is
+// correct at every isolation level Postgres offers. And it makes them the
+// guard of a run that combines them with a lock outside the database:
 //
 //	txlock.WithLocker(memcachelock.New(mc), advisorylock.New())
+//
+// Writers then queue in memcached, outside the database, holding no
+// connection; the advisory lock is the guarantee inside it, and the run
+// goes on under it alone when memcached cannot be reached.
+//
+// The price of advisory locks alone is that every waiter holds a database
+// connection while it waits, so a hot key can drain the connection pool
+// that other requests need. memcachelock's waiters hold none.
 //
 // # Keys
 //
 // Postgres advisory locks are named by a 64-bit integer. Each key maps to
 // one through a hash computed in Go, the first eight bytes of
-// SHA-256(namespace, 0, key), which never changes across Postgres versions
-// (hashtext makes no such promise). Keys are sent as bind parameters, never
-// as SQL text. Two keys that hash alike (about one chance in 2^64 per pair)
-// share a lock: they serialize more, which never breaks correctness.
-// Distinct integers are taken in ascending order in one statement, so two
-// transactions over the same keys never deadlock each other.
+// SHA-256(len(namespace), namespace, key) (see ID), which never changes
+// across Postgres versions (hashtext makes no such promise). Keys are sent
+// as bind parameters, never as SQL text. Two keys that hash alike (about one
+// chance in 2^64 per pair) share a lock: they serialize more, which never
+// breaks correctness. Distinct integers are taken in ascending order, so
+// two transactions over the same keys never deadlock each other. A run may
+// lock at most MaxKeys keys (WithMaxKeys): every advisory lock takes a slot
+// of Postgres's shared lock table (max_locks_per_transaction × connections),
+// and a run that fills it makes unrelated transactions fail.
+//
+// # Isolation levels, and where the lock is taken
+//
+// At READ COMMITTED (Postgres's default) the lock is a transaction-level
+// lock (pg_advisory_xact_lock), taken by the transaction's first statement:
+// every statement after it sees what earlier holders committed. It costs
+// one round trip and ends exactly with the transaction.
+//
+// At REPEATABLE READ and SERIALIZABLE the transaction's snapshot is fixed by
+// its first statement, which would be the lock statement itself: a waiter's
+// snapshot would predate the commit of the holder it waited for. So at
+// these levels the lock is a session-level lock (pg_advisory_lock), taken on
+// the connection before BEGIN (stage txlock.OnConn), and the snapshot comes
+// after it. Run holds that connection for the attempt and releases the lock
+// right after COMMIT or ROLLBACK (pg_advisory_unlock), one more round trip;
+// if the unlock cannot be confirmed, Run closes the connection instead of
+// returning it to the pool, which ends the session and its locks.
+//
+// Session locks need the same server session for the lock, the
+// transaction and the unlock. Behind pgbouncer in transaction pooling mode
+// consecutive transactions of one client connection may run on different
+// server sessions, so a session lock can outlive the client's transaction
+// and stay with a session someone else uses: use session pooling, connect
+// directly, or stay at READ COMMITTED, where only transaction-level locks
+// are used and any pooling mode works.
+//
+// When the isolation level is left to the server (no txlock.WithTxOptions)
+// and the server's default is REPEATABLE READ or SERIALIZABLE, or a key is
+// added with txlock.Lock from inside a body, the lock can only be taken
+// inside the transaction. Acquire then checks, in one more round trip,
+// whether a transaction that could have held the lock committed after the
+// snapshot was taken, and if so fails as a serialization failure (its
+// SQLState is 40001, as Postgres's own), so that Run retries with a new
+// snapshot. The check
+// cannot tell which transaction held our lock, so any commit in the cluster
+// in that window counts: it costs retries, never correctness.
 //
 // # Waiting
 //
@@ -34,47 +74,23 @@
 // succeeds in the uncontended case. With a zero lock wait a busy lock is
 // txlock.ErrLockBusy at once. Otherwise it waits, bounded by the lock wait
 // through Postgres's lock_timeout (SQLSTATE 55P03 becomes ErrLockBusy), set
-// for the wait only and restored afterwards. A caller's cancellation is
-// honoured too; pgx then closes the connection, which is how it interrupts
-// a statement. Postgres applies lock_timeout to each lock it waits for, so
-// when several keys are busy one after another the wait could add up past
-// the deadline; one second after it, Acquire interrupts the statement from
-// the client (costing the connection) and the result is ErrLockBusy all
-// the same.
+// for the wait's statement only (waits longer than Postgres's limit of
+// about 24.8 days are cut to it). A caller's cancellation is honoured too;
+// pgx then closes the connection, which is how it interrupts a statement.
+// Postgres applies lock_timeout to each lock it waits for, so when several
+// keys are busy one after another the wait could add up past the deadline;
+// one second after it, Acquire interrupts the statement from the client
+// (costing the connection) and the result is ErrLockBusy all the same.
 //
 // A failed lock statement aborts the transaction, as any failed statement
 // does in Postgres: Run rolls it back. When txlock.Lock fails inside a body,
 // return its error.
 //
-// # Isolation levels
-//
-// At READ COMMITTED (Postgres's default) every statement after the lock sees
-// what earlier holders committed: the lock alone makes check-then-insert
-// correct. At SERIALIZABLE, Postgres itself detects the conflict with an
-// earlier holder and Run retries it. REPEATABLE READ is the odd one: the
-// transaction's snapshot is fixed by its first statement, which is the lock
-// statement itself, so it can predate the commit of the holder it waited
-// for. Acquire checks that right after taking the locks, in one more round
-// trip that only REPEATABLE READ pays (has a transaction that was running at
-// the snapshot, or started since, committed?), and fails with
-// an error wrapping txlock.ErrLockLost, so that Run retries with a new
-// snapshot. Under contention that costs an attempt per wait. Keys taken
-// later with txlock.Lock at REPEATABLE READ hit the same check against an
-// older snapshot: pass them to Run instead.
-// The check cannot tell which transaction held our lock (Postgres keeps no
-// such record), so any commit in the cluster between the snapshot and the
-// check counts: under a heavy unrelated write load REPEATABLE READ attempts
-// are retried more often than they need to be, never less, even with
-// memcachelock in front, where waits are rare. In the long form of
-// internal/matrix (32 workers over 4 processes, 100 hot names) REPEATABLE
-// READ took about 2.1 attempts per commit with advisory locks alone and 1.7
-// with memcachelock in front, against 1.0 at READ COMMITTED. So prefer READ
-// COMMITTED, where the lock alone is exact and costs nothing more, or
-// SERIALIZABLE, where Postgres finds the conflict itself (see the matrix
-// for its rate of serialization failures). The check
-// assigns the transaction an id (pg_current_xact_id), so it does not work
-// on a hot standby, where advisory locks guard nothing anyway.
-// Postgres 13 or later is required (pg_current_snapshot).
+// Advisory locks need PostgreSQL: on another database Acquire fails with an
+// error wrapping txlock.ErrInvalid that says so. The REPEATABLE READ check
+// needs Postgres 13 or later (pg_current_snapshot); it assigns the
+// transaction an id, so it does not work on a hot standby, where advisory
+// locks guard nothing anyway.
 package advisorylock
 
 import (
@@ -84,6 +100,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math"
 	"slices"
 	"strconv"
 	"strings"
@@ -94,46 +111,111 @@ import (
 	"github.com/txlock/txlock/sqladapter"
 )
 
-// Locker holds Postgres transaction-level advisory locks. It is safe for
-// concurrent use; its zero value is not usable, call New.
+// DefaultMaxKeys is how many keys one Acquire may lock unless WithMaxKeys
+// says otherwise: Postgres's default max_locks_per_transaction.
+const DefaultMaxKeys = 64
+
+// maxLockTimeout is the longest lock_timeout Postgres accepts: INT_MAX
+// milliseconds, about 24.8 days.
+const maxLockTimeout = math.MaxInt32 * time.Millisecond
+
+// Locker holds Postgres advisory locks. It is safe for concurrent use; its
+// zero value is not usable, call New.
 type Locker struct {
-	namespace string
+	cfg config
 }
 
-// Option configures a Locker.
-type Option func(*Locker)
+type config struct {
+	namespace string
+	maxKeys   int
+	err       error // the first bad option, reported by Check and Acquire
+}
+
+// Option configures a Locker. As in every package of this module, a bad
+// value is an error wrapping txlock.ErrInvalid; since New cannot return
+// it, Check and every Acquire do.
+type Option func(*config) error
 
 // WithNamespace hashes every key together with ns, so that two
 // applications sharing a database do not share locks for equal keys.
-// The default namespace is empty.
+// The default namespace is empty. Any string is a namespace.
 func WithNamespace(ns string) Option {
-	return func(l *Locker) { l.namespace = ns }
+	return func(c *config) error {
+		c.namespace = ns
+		return nil
+	}
 }
 
-// New returns a Locker.
+// WithMaxKeys sets how many keys one Acquire may lock (DefaultMaxKeys,
+// 64, by default); more is an error wrapping txlock.ErrInvalid, before any
+// lock is taken. Raise it together with Postgres's
+// max_locks_per_transaction. n must be at least 1.
+func WithMaxKeys(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return fmt.Errorf("%w: advisorylock: WithMaxKeys(%d): want at least 1", txlock.ErrInvalid, n)
+		}
+		c.maxKeys = n
+		return nil
+	}
+}
+
+// New returns a Locker. It never fails: a bad option is reported by Check
+// and by every Acquire.
 func New(opts ...Option) *Locker {
-	l := &Locker{}
+	l := &Locker{cfg: config{maxKeys: DefaultMaxKeys}}
 	for _, o := range opts {
-		if o != nil {
-			o(l)
+		if o == nil {
+			continue
+		}
+		if err := o(&l.cfg); err != nil && l.cfg.err == nil {
+			l.cfg.err = err
 		}
 	}
 	return l
 }
 
-// LeasesCannotBeLost reports true: an advisory lock lasts as long as its
-// transaction (see txlock.Stable).
-func (l *Locker) LeasesCannotBeLost() bool { return true }
+// Check reports a bad option. Advisory locks need no service of their own:
+// the database is checked by the first Run.
+func (l *Locker) Check(context.Context) error {
+	if l == nil {
+		return fmt.Errorf("%w: advisorylock: nil *Locker", txlock.ErrInvalid)
+	}
+	return l.cfg.err
+}
 
-// InTx reports true: advisory locks are taken inside the transaction.
-func (l *Locker) InTx() bool { return true }
+// Traits reports that advisory locks are held by the database and cannot
+// be lost: taken on the connection before BEGIN at REPEATABLE READ and
+// SERIALIZABLE (so that the snapshot follows the lock), inside the
+// transaction otherwise.
+func (l *Locker) Traits(opts *sql.TxOptions) txlock.Traits {
+	if opts != nil && snapshotLevel(opts.Isolation) {
+		return txlock.Traits{Stage: txlock.OnConn, Stable: true}
+	}
+	return txlock.Traits{Stage: txlock.InTx, Stable: true}
+}
 
-// ID returns the 64-bit advisory lock identifier of key in the namespace,
-// as it appears in pg_locks (classid = high 32 bits, objid = low 32 bits).
+// snapshotLevel reports the levels whose snapshot is fixed by the first
+// statement of the transaction.
+func snapshotLevel(level sql.IsolationLevel) bool {
+	switch level {
+	case sql.LevelRepeatableRead, sql.LevelSnapshot, sql.LevelSerializable, sql.LevelLinearizable:
+		return true
+	}
+	return false
+}
+
+// ID returns the 64-bit advisory lock identifier of key in namespace, as
+// it appears in pg_locks (classid = high 32 bits, objid = low 32 bits): the
+// first eight bytes, big-endian, of SHA-256 over the namespace's length as
+// eight bytes big-endian, the namespace and the key. The length prefix
+// keeps every (namespace, key) pair apart.
 func ID(namespace, key string) int64 {
 	h := sha256.New()
+	var n [8]byte
+	binary.BigEndian.PutUint64(n[:], uint64(len(namespace)))
+	h.Write(n[:])
 	h.Write([]byte(namespace))
-	h.Write([]byte{0})
 	h.Write([]byte(key))
 	var sum [sha256.Size]byte
 	return int64(binary.BigEndian.Uint64(h.Sum(sum[:0])))
@@ -144,90 +226,129 @@ func ID(namespace, key string) int64 {
 // which costs the connection.
 const graceAfterTimeout = time.Second
 
-// Acquire takes the advisory locks of req.Keys in req.Tx. It returns an
-// error wrapping txlock.ErrLockBusy when a lock stays taken past the wait,
-// and an error wrapping txlock.ErrInvalid when req.Tx is nil.
+// undoTimeout bounds the statement that gives back the session locks of a
+// failed Acquire.
+const undoTimeout = 5 * time.Second
+
+// Acquire takes the advisory locks of req.Keys: session-level locks on
+// req.Conn when req.Stage is txlock.OnConn, transaction-level locks in it
+// otherwise. It returns an error wrapping txlock.ErrLockBusy when a lock
+// stays taken past the wait, and an error wrapping txlock.ErrInvalid for a
+// bad configuration, too many keys, no connection, or a database that is
+// not PostgreSQL.
 func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease, error) {
-	if l == nil {
-		return nil, fmt.Errorf("%w: advisorylock: nil *Locker", txlock.ErrInvalid)
+	if err := l.Check(ctx); err != nil {
+		return nil, err
 	}
-	if req.Tx == nil {
-		return nil, fmt.Errorf("%w: advisorylock: no transaction (advisory locks live inside one)", txlock.ErrInvalid)
+	if req.Conn == nil {
+		return nil, fmt.Errorf("%w: advisorylock: no connection (advisory locks live in the database)", txlock.ErrInvalid)
 	}
 	ids := make([]int64, 0, len(req.Keys))
 	for _, k := range req.Keys {
-		ids = append(ids, ID(l.namespace, k))
+		ids = append(ids, ID(l.cfg.namespace, k))
 	}
 	slices.Sort(ids)
 	ids = slices.Compact(ids)
-	if len(ids) == 0 {
-		return lease{}, nil
+	if len(ids) > l.cfg.maxKeys {
+		return nil, fmt.Errorf("%w: advisorylock: %d keys in one run, at most %d (WithMaxKeys)", txlock.ErrInvalid, len(ids), l.cfg.maxKeys)
 	}
+	if len(ids) == 0 {
+		return noLease{}, nil
+	}
+	s := stmts{q: req.Conn, session: req.Stage == txlock.OnConn}
 
 	// Statements run on a context that ignores the wait deadline for a
 	// moment: lock_timeout ends the wait on the server, cleanly, while an
 	// interrupted statement costs pgx the connection.
+	qctx, stop := graceContext(ctx)
+	defer stop()
+
+	busy, isolation, err := s.try(qctx, ids)
+	if err != nil {
+		return nil, l.fail(ctx, err)
+	}
+	if busy >= 0 {
+		if req.TryOnce {
+			return nil, s.undo(qctx, ids, fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[busy]))
+		}
+		if err := s.wait(qctx, ctx, ids[busy:]); err != nil {
+			return nil, s.undo(qctx, ids, l.fail(ctx, err))
+		}
+	}
+	if s.session {
+		return &sessionLease{q: req.Conn, ids: ids}, nil
+	}
+	if isolation == repeatableRead {
+		// The snapshot was fixed by the lock statement, before the lock
+		// was held. If we waited, the holder has since committed; if not,
+		// one may have committed between the snapshot and the lock.
+		stale := busy >= 0
+		if !stale {
+			if stale, err = snapshotStale(qctx, req.Conn); err != nil {
+				return nil, l.fail(ctx, err)
+			}
+		}
+		if stale {
+			return nil, errStaleSnapshot
+		}
+	}
+	return noLease{}, nil
+}
+
+// graceContext returns a context that ends with ctx, except that when ctx
+// ends by its deadline it ends graceAfterTimeout later.
+func graceContext(ctx context.Context) (context.Context, func()) {
 	qctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancel()
+	var mu sync.Mutex
 	var grace *time.Timer
-	var graceMu sync.Mutex
 	stop := context.AfterFunc(ctx, func() {
 		if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-			graceMu.Lock()
+			mu.Lock()
 			grace = time.AfterFunc(graceAfterTimeout, cancel)
-			graceMu.Unlock()
+			mu.Unlock()
 			return
 		}
 		cancel()
 	})
-	defer func() {
+	return qctx, func() {
 		stop()
-		graceMu.Lock()
+		mu.Lock()
 		if grace != nil {
 			grace.Stop()
 		}
-		graceMu.Unlock()
-	}()
-
-	busy, isolation, err := tryLock(qctx, req.Tx, ids)
-	if err != nil {
-		return nil, l.fail(ctx, err)
+		mu.Unlock()
+		cancel()
 	}
-	if busy < 0 {
-		if isolation == repeatableRead {
-			stale, err := snapshotStale(qctx, req.Tx)
-			if err != nil {
-				return nil, l.fail(ctx, err)
-			}
-			if stale {
-				return nil, errStaleSnapshot
-			}
-		}
-		return lease{}, nil
-	}
-	if req.TryOnce {
-		return nil, fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[busy])
-	}
-	if err := waitLock(qctx, ctx, req.Tx, ids[busy:]); err != nil {
-		return nil, l.fail(ctx, err)
-	}
-	if isolation == repeatableRead {
-		// We waited for a holder that has since committed; our
-		// snapshot, fixed before the wait, cannot see its writes.
-		return nil, errStaleSnapshot
-	}
-	return lease{}, nil
 }
 
 // errStaleSnapshot makes Run retry: under REPEATABLE READ a snapshot taken
 // before the lock may miss the previous holder's writes, and only a new
-// transaction gets a new snapshot. It wraps txlock.ErrLockLost, which Run
-// retries.
-var errStaleSnapshot = fmt.Errorf("%w: advisorylock: the REPEATABLE READ snapshot predates the lock; a new transaction is needed", txlock.ErrLockLost)
+// transaction gets a new snapshot. Nothing was lost: it is a serialization
+// failure, and says so to Run's classifier through its SQLState.
+var errStaleSnapshot error = staleSnapshotError{}
+
+type staleSnapshotError struct{}
+
+func (staleSnapshotError) Error() string {
+	return "advisorylock: serialization failure: the transaction's snapshot was taken before its advisory lock was held " +
+		"(a lock taken inside a REPEATABLE READ transaction cannot see what the previous holder committed); " +
+		"the transaction must run again with a new snapshot"
+}
+
+// SQLState reports serialization_failure, which Run retries.
+func (staleSnapshotError) SQLState() string { return sqladapter.CodeSerializationFailure }
 
 func (l *Locker) fail(ctx context.Context, err error) error {
-	if code, ok := sqladapter.SQLState(err); ok && code == sqladapter.CodeLockNotAvailable {
-		return fmt.Errorf("%w: advisory lock wait timed out: %w", txlock.ErrLockBusy, err)
+	if code, ok := sqladapter.SQLState(err); ok {
+		switch code {
+		case sqladapter.CodeLockNotAvailable:
+			return fmt.Errorf("%w: advisory lock wait timed out: %w", txlock.ErrLockBusy, err)
+		case "42883": // undefined_function: a server that talks Postgres but has no advisory locks
+			return fmt.Errorf("%w: advisorylock: this database has no advisory locks (they need PostgreSQL): %w", txlock.ErrInvalid, err)
+		}
+	} else if ctx.Err() == nil && !sqladapter.IsConnError(err) && !errors.Is(err, sql.ErrTxDone) && !errors.Is(err, sql.ErrConnDone) {
+		// Not a Postgres error, not a broken connection: another database.
+		return fmt.Errorf("%w: advisorylock: advisory locks need PostgreSQL: %w", txlock.ErrInvalid, err)
 	}
 	if ctx.Err() != nil {
 		return fmt.Errorf("advisorylock: %w (%w)", ctx.Err(), err)
@@ -235,28 +356,57 @@ func (l *Locker) fail(ctx context.Context, err error) error {
 	return fmt.Errorf("advisorylock: %w", err)
 }
 
-// tryQuery tries every lock in array order without waiting and stops at the
-// first busy one (unnest keeps the order, LIMIT 1 stops the scan), returning
-// its 1-based position or 0. Locks before a busy one stay held:
-// transaction-level advisory locks cannot be given back early; taking them
-// again later only raises their count. tryOneQuery is the same for the
-// common single key, cheaper for the server. Both also return the
-// transaction's isolation level, which decides whether staleQuery must run.
+// Statements. The try statements take every lock in array order without
+// waiting and stop at the first busy one (unnest keeps the order, LIMIT 1
+// stops the scan), returning its 1-based position or 0; the one-key forms
+// are cheaper for the server. They also return the isolation level, which
+// decides whether staleQuery must run. Locks before a busy one stay held:
+// a transaction-level lock cannot be given back early, and taking it again
+// later only raises its count; session-level ones are undone.
 const (
-	tryOneQuery = `SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 0 ELSE 1 END,
+	tryOneXact = `SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 0 ELSE 1 END,
 	current_setting('transaction_isolation')`
-	tryQuery = `SELECT coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
+	tryXact = `SELECT coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
 		WHERE NOT pg_try_advisory_xact_lock(id) LIMIT 1), 0),
 	current_setting('transaction_isolation')`
+	tryOneSession = `SELECT CASE WHEN pg_try_advisory_lock($1) THEN 0 ELSE 1 END, ''`
+	trySession    = `SELECT coalesce((SELECT i FROM unnest($1::bigint[]) WITH ORDINALITY AS t(id, i)
+		WHERE NOT pg_try_advisory_lock(id) LIMIT 1), 0), ''`
+
+	// The wait statements set lock_timeout for the wait, take the locks in
+	// array order, and put lock_timeout back, in one round trip, so that
+	// a waiter that gets its lock goes straight on. The inner select's
+	// target list is evaluated left to right (OFFSET 0 keeps it from being
+	// merged into the outer one): read the old timeout, set the new one,
+	// then wait for the locks (the scalar subquery is evaluated when its
+	// column is reached). The outer select restores the old value.
+	// set_config(..., true) lasts until the end of the transaction, which
+	// outside a transaction block is this statement's own. If the wait
+	// times out, the statement fails with 55P03.
+	waitXact = `SELECT set_config('lock_timeout', old, true) FROM (
+	SELECT current_setting('lock_timeout') AS old,
+		set_config('lock_timeout', $2, true) AS new,
+		(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
+	OFFSET 0) AS s`
+	waitSession = `SELECT set_config('lock_timeout', old, true) FROM (
+	SELECT current_setting('lock_timeout') AS old,
+		set_config('lock_timeout', $2, true) AS new,
+		(SELECT count(*) FROM (SELECT pg_advisory_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
+	OFFSET 0) AS s`
+
+	// unlockSession gives session locks back and counts those that were
+	// not held.
+	unlockSession = `SELECT count(*) FILTER (WHERE NOT pg_advisory_unlock(id)) FROM unnest($1::bigint[]) AS t(id)`
 )
 
-// staleQuery runs under REPEATABLE READ only, right after the locks are
-// taken. The transaction's snapshot was fixed when the lock statement
-// started, before the lock was held. It reports whether any transaction
-// that could have held the lock before us committed after that snapshot: one
-// that was in progress then, or one that started since (whose ids lie
-// between the snapshot's xmax and ours). It can say yes for a transaction
-// that never touched our keys; that costs a retry, never a duplicate.
+// staleQuery runs under REPEATABLE READ only, right after locks taken
+// inside the transaction. The transaction's snapshot was fixed when the
+// lock statement started, before the lock was held. It reports whether
+// any transaction that could have held the lock before us committed after
+// that snapshot: one that was in progress then, or one that started since
+// (whose ids lie between the snapshot's xmax and ours). It can say yes for
+// a transaction that never touched our keys; that costs a retry, never a
+// duplicate.
 const staleQuery = `SELECT
 	EXISTS (SELECT 1 FROM pg_snapshot_xip(pg_current_snapshot()) AS x
 		WHERE pg_xact_status(x) = 'committed')
@@ -267,13 +417,24 @@ const staleQuery = `SELECT
 
 const repeatableRead = "repeatable read"
 
-// tryLock tries the locks. busy is the index of the first busy lock, or -1.
-func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (busy int, isolation string, err error) {
+// stmts runs the lock statements of one Acquire: session-level or
+// transaction-level.
+type stmts struct {
+	q       txlock.Querier
+	session bool
+}
+
+// try tries the locks. busy is the index of the first busy lock, or -1.
+func (s stmts) try(ctx context.Context, ids []int64) (busy int, isolation string, err error) {
+	one, many := tryOneXact, tryXact
+	if s.session {
+		one, many = tryOneSession, trySession
+	}
 	var first int64
 	if len(ids) == 1 {
-		err = tx.QueryRowContext(ctx, tryOneQuery, ids[0]).Scan(&first, &isolation)
+		err = s.q.QueryRow(ctx, one, ids[0]).Scan(&first, &isolation)
 	} else {
-		err = tx.QueryRowContext(ctx, tryQuery, arrayLiteral(ids)).Scan(&first, &isolation)
+		err = s.q.QueryRow(ctx, many, arrayLiteral(ids)).Scan(&first, &isolation)
 	}
 	if err != nil {
 		return 0, "", err
@@ -281,40 +442,45 @@ func tryLock(ctx context.Context, tx *sql.Tx, ids []int64) (busy int, isolation 
 	return int(first) - 1, isolation, nil
 }
 
-func snapshotStale(ctx context.Context, tx *sql.Tx) (bool, error) {
-	var stale bool
-	err := tx.QueryRowContext(ctx, staleQuery).Scan(&stale)
-	return stale, err
-}
-
-// waitQuery sets lock_timeout for the wait, takes the locks in array order,
-// and puts lock_timeout back, in one round trip, so that a waiter that gets
-// its lock goes straight on to its body. The inner select's target list is
-// evaluated left to right (OFFSET 0 keeps it from being merged into the
-// outer one): read the old timeout, set the new one, then wait for the
-// locks (the scalar subquery is evaluated when its column is reached). The
-// outer select restores the old value. If the wait times out, the
-// statement fails with 55P03 and the transaction, aborted, is rolled back
-// with its setting.
-const waitQuery = `SELECT set_config('lock_timeout', old, true) FROM (
-	SELECT current_setting('lock_timeout') AS old,
-		set_config('lock_timeout', $2, true) AS new,
-		(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
-	OFFSET 0) AS s`
-
-// waitLock takes the locks, waiting at most until waitCtx's deadline, or
+// wait takes the locks, waiting at most until waitCtx's deadline, or
 // without a timeout when waitCtx has no deadline.
-func waitLock(ctx, waitCtx context.Context, tx *sql.Tx, ids []int64) error {
+func (s stmts) wait(ctx, waitCtx context.Context, ids []int64) error {
 	timeout := "0" // Postgres: no timeout
 	if deadline, ok := waitCtx.Deadline(); ok {
 		left := time.Until(deadline)
 		if left <= 0 {
 			return fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[0])
 		}
-		timeout = strconv.FormatInt(max(left.Milliseconds(), 1), 10) + "ms"
+		timeout = strconv.FormatInt(max(min(left, maxLockTimeout).Milliseconds(), 1), 10) + "ms"
+	}
+	q := waitXact
+	if s.session {
+		q = waitSession
 	}
 	var restored string
-	return tx.QueryRowContext(ctx, waitQuery, arrayLiteral(ids), timeout).Scan(&restored)
+	return s.q.QueryRow(ctx, q, arrayLiteral(ids), timeout).Scan(&restored)
+}
+
+// undo gives back the session locks a failed Acquire may hold, and
+// returns err. If that fails, the error no longer wraps ErrLockBusy, and
+// Run closes the connection, which ends the session and its locks.
+func (s stmts) undo(ctx context.Context, ids []int64, err error) error {
+	if !s.session {
+		return err // transaction-level: the rollback ends them
+	}
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), undoTimeout)
+	defer cancel()
+	var notHeld int64
+	if uerr := s.q.QueryRow(ctx, unlockSession, arrayLiteral(ids)).Scan(&notHeld); uerr != nil {
+		return fmt.Errorf("advisorylock: %w; then giving back the session locks taken before it failed: %w", err, uerr)
+	}
+	return err
+}
+
+func snapshotStale(ctx context.Context, q txlock.Querier) (bool, error) {
+	var stale bool
+	err := q.QueryRow(ctx, staleQuery).Scan(&stale)
+	return stale, err
 }
 
 // arrayLiteral formats ids as a Postgres array literal. Sending text and
@@ -332,13 +498,35 @@ func arrayLiteral(ids []int64) string {
 	return b.String()
 }
 
-// lease is a no-op: Postgres holds the locks and ends them with the
+// noLease holds transaction-level locks: Postgres ends them with the
 // transaction.
-type lease struct{}
+type noLease struct{}
 
 // Verify succeeds: an advisory lock cannot be lost while its transaction
 // lives, and if the session dies the transaction dies with it.
-func (lease) Verify(context.Context) error { return nil }
+func (noLease) Verify(context.Context) error { return nil }
 
 // Release does nothing: COMMIT or ROLLBACK has already released the locks.
-func (lease) Release(context.Context) error { return nil }
+func (noLease) Release(context.Context) error { return nil }
+
+// sessionLease holds session-level locks on one connection.
+type sessionLease struct {
+	q   txlock.Querier
+	ids []int64
+}
+
+// Verify succeeds: a session lock lasts as long as its session.
+func (*sessionLease) Verify(context.Context) error { return nil }
+
+// Release unlocks every lock on the connection. An error (the statement
+// failed, or a lock was not held) makes Run close the connection.
+func (s *sessionLease) Release(ctx context.Context) error {
+	var notHeld int64
+	if err := s.q.QueryRow(ctx, unlockSession, arrayLiteral(s.ids)).Scan(&notHeld); err != nil {
+		return fmt.Errorf("advisorylock: unlock: %w", err)
+	}
+	if notHeld != 0 {
+		return fmt.Errorf("advisorylock: unlock: %d of %d session locks were not held", notHeld, len(s.ids))
+	}
+	return nil
+}

@@ -19,6 +19,7 @@ import (
 	"github.com/txlock/txlock/advisorylock"
 	"github.com/txlock/txlock/internal/leakcheck"
 	"github.com/txlock/txlock/internal/testenv"
+	"github.com/txlock/txlock/sqladapter"
 )
 
 // holdInOtherTx takes key's advisory lock in a transaction of its own and
@@ -29,7 +30,7 @@ func holdInOtherTx(t *testing.T, db *sql.DB, l *advisorylock.Locker, key string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := l.Acquire(context.Background(), txlock.Request{Keys: []string{key}, Tx: tx, TryOnce: true}); err != nil {
+	if _, err := l.Acquire(context.Background(), txlock.Request{Keys: []string{key}, Stage: txlock.InTx, Conn: inTx{tx}, TryOnce: true}); err != nil {
 		_ = tx.Rollback()
 		t.Fatal(err)
 	}
@@ -135,9 +136,21 @@ func TestIDIsStableAndNamespaced(t *testing.T) {
 	if advisorylock.ID("ab", "c") == advisorylock.ID("a", "bc") {
 		t.Error("namespace and key run together")
 	}
-	const pinned = int64(7478031520636681635) // SHA-256("\x00name:ann")[:8], computed independently
-	if got := advisorylock.ID("", "name:ann"); got != pinned {
-		t.Errorf("ID(\"\", \"name:ann\") = %d, want %d (the hash must never change)", got, pinned)
+	if advisorylock.ID("a", "b\x00c") == advisorylock.ID("a\x00b", "c") {
+		t.Error("a NUL byte lets namespace and key run together")
+	}
+	// SHA-256(uint64be(len(ns)) || ns || key)[:8] as a signed big-endian
+	// integer, computed independently (Python's hashlib and struct).
+	for _, p := range []struct {
+		ns   string
+		want int64
+	}{
+		{"", -617846107189374553},
+		{"app", -4542531295208450894},
+	} {
+		if got := advisorylock.ID(p.ns, "name:ann"); got != p.want {
+			t.Errorf("ID(%q, \"name:ann\") = %d, want %d (the hash must never change)", p.ns, got, p.want)
+		}
 	}
 }
 
@@ -221,7 +234,7 @@ func TestUncontendedIsOneRoundTrip(t *testing.T) {
 	mock.ExpectQuery(`pg_try_advisory_xact_lock\(\$1\)`).
 		WithArgs(advisorylock.ID("", "k")).
 		WillReturnRows(tryRows(0, "read committed"))
-	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx}); err != nil {
+	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -233,7 +246,7 @@ func TestManyKeysOneRoundTripInOrder(t *testing.T) {
 	want := "{" + itoa(ids[0]) + "," + itoa(ids[1]) + "," + itoa(ids[2]) + "}"
 	mock.ExpectQuery(`WITH ORDINALITY`).WithArgs(want).
 		WillReturnRows(tryRows(0, "read committed"))
-	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"c", "a", "b"}, Tx: tx}); err != nil {
+	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"c", "a", "b"}, Stage: txlock.InTx, Conn: inTx{tx}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -247,7 +260,7 @@ func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 		WillReturnError(&pgconn.PgError{Code: "55P03", Message: "canceling statement due to lock timeout"})
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
-	_, err := advisorylock.New().Acquire(ctx, txlock.Request{Keys: []string{"k"}, Tx: tx})
+	_, err := advisorylock.New().Acquire(ctx, txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}})
 	if !errors.Is(err, txlock.ErrLockBusy) {
 		t.Fatalf("err = %v, want ErrLockBusy", err)
 	}
@@ -256,7 +269,7 @@ func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 func TestBusyTryOnce(t *testing.T) {
 	tx, mock := mockTx(t)
 	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed"))
-	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx, TryOnce: true})
+	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}, TryOnce: true})
 	if !errors.Is(err, txlock.ErrLockBusy) {
 		t.Fatalf("err = %v, want ErrLockBusy", err)
 	}
@@ -270,9 +283,12 @@ func TestStaleRepeatableReadSnapshotIsRetried(t *testing.T) {
 	tx, mock := mockTx(t)
 	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(0, "repeatable read"))
 	mock.ExpectQuery(`pg_snapshot_xip`).WillReturnRows(sqlmock.NewRows([]string{"stale"}).AddRow(true))
-	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Tx: tx})
-	if !errors.Is(err, txlock.ErrLockLost) {
-		t.Fatalf("err = %v, want ErrLockLost (Run retries it)", err)
+	_, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}})
+	if code, _ := sqladapter.SQLState(err); code != "40001" || sqladapter.Classify(err, sqladapter.InTx) != sqladapter.Retryable {
+		t.Fatalf("err = %v, want a serialization failure (40001) that Run retries", err)
+	}
+	if errors.Is(err, txlock.ErrLockLost) {
+		t.Fatalf("err = %v: no lock was lost", err)
 	}
 }
 
@@ -328,4 +344,12 @@ func TestRepeatableReadSeesPreviousHolder(t *testing.T) {
 	if n != 1 || inserted.Load() != 1 {
 		t.Fatalf("%d rows, %d acknowledged inserts; want 1 and 1", n, inserted.Load())
 	}
+}
+
+// inTx runs a Locker's statements in a database/sql transaction, as Run
+// does for the lockers of stage txlock.InTx.
+type inTx struct{ tx *sql.Tx }
+
+func (q inTx) QueryRow(ctx context.Context, query string, args ...any) txlock.Row {
+	return q.tx.QueryRowContext(ctx, query, args...)
 }

@@ -82,7 +82,7 @@ func TestLocksAreTakenInAscendingIDOrder(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = l.Acquire(context.Background(), txlock.Request{Keys: keys, Tx: tx, TryOnce: true})
+	_, err = l.Acquire(context.Background(), txlock.Request{Keys: keys, Stage: txlock.InTx, Conn: inTx{tx}, TryOnce: true})
 	if !errors.Is(err, txlock.ErrLockBusy) {
 		t.Fatalf("TryOnce: err = %v, want ErrLockBusy", err)
 	}
@@ -101,7 +101,7 @@ func TestLocksAreTakenInAscendingIDOrder(t *testing.T) {
 	defer tx.Rollback()
 	done := make(chan error, 1)
 	go func() {
-		_, err := l.Acquire(context.Background(), txlock.Request{Keys: keys, Tx: tx})
+		_, err := l.Acquire(context.Background(), txlock.Request{Keys: keys, Stage: txlock.InTx, Conn: inTx{tx}})
 		done <- err
 	}()
 	deadline := time.Now().Add(5 * time.Second)
@@ -151,7 +151,7 @@ func TestNoDeadlockInAnyKeyOrder(t *testing.T) {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 				tx, err := db.BeginTx(ctx, nil)
 				if err == nil {
-					_, err = l.Acquire(ctx, txlock.Request{Keys: ks, Tx: tx})
+					_, err = l.Acquire(ctx, txlock.Request{Keys: ks, Stage: txlock.InTx, Conn: inTx{tx}})
 					_ = tx.Rollback()
 				}
 				cancel()
@@ -176,7 +176,7 @@ func TestDuplicateIDsAreTakenOnce(t *testing.T) {
 	mock.ExpectQuery(`^SELECT CASE WHEN pg_try_advisory_xact_lock\(\$1\)`).
 		WithArgs(advisorylock.ID("", "k")).
 		WillReturnRows(tryRows(0, "read committed"))
-	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k", "k"}, Tx: tx}); err != nil {
+	if _, err := advisorylock.New().Acquire(context.Background(), txlock.Request{Keys: []string{"k", "k"}, Stage: txlock.InTx, Conn: inTx{tx}}); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -198,7 +198,7 @@ func TestWaitRestoresTheSessionsLockTimeout(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := l.Acquire(ctx, txlock.Request{Keys: []string{"k"}, Tx: tx}); err != nil {
+	if _, err := l.Acquire(ctx, txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}}); err != nil {
 		t.Fatal(err)
 	}
 	var got string

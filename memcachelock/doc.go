@@ -32,21 +32,54 @@
 // Runs of one Locker that want the same key queue in the process, in
 // arrival order, and only the first talks to memcached. When a Run ends,
 // the next one of its process gets the key directly, with no round trip,
-// unless the lock is lost or other processes are waiting and the key has
-// already been passed on WithHandoffLimit times in a row.
+// unless the lock is lost or other processes may be waiting and the key
+// has already been passed on WithHandoffLimit times in a row.
+//
+// # The protocol between processes
 //
 // memcached has no notifications, so the first waiter of each process
-// polls. It also joins a queue kept in the lock's value: it appends its
-// process ID to the item (append keeps the holder's expiry), and the queue is
-// carried from holder to holder. A holder that releases while processes
-// wait does not free the key for whoever polls first: it hands it, by CAS,
-// to the first process in the queue (putting its own process at the end if
-// it has Runs waiting), which claims it by CAS. So the key rotates between
-// processes in order, and polling faster gains nothing. The first process in
-// line polls every 200 µs to 2 ms, depending on how long the current holder
-// has had the key; the others more slowly; all with jitter. A process the
-// key was handed to that does not claim it within 25 ms (it stopped waiting,
-// or died) is skipped by the next waiter.
+// polls, and a queue of processes is kept in the lock's value. An item
+// under a lock's key is in one of these states (value.go has the exact
+// format; times are Unix milliseconds):
+//
+//	free      no item
+//	held      "L <token> <queue>"          owned by the Run holding <token>
+//	handed    "H <proc> <until> <queue>"   passed to process <proc>, to claim by <until>
+//	foreign   anything else                not ours: the key is taken until it expires
+//
+// <queue> is the processes waiting, oldest first, each as "<proc>:<deadline>",
+// the time its wait ends. The transitions, and who makes them:
+//
+//	free    → held     a taker's add (the only way in for a new key)
+//	held    → held     a waiter of another process joins the queue: append,
+//	                   which keeps the holder's expiry
+//	held    → held     the owner's refresher: CAS of the same value with a
+//	                   new expiry, every TTL/3 while the transaction runs
+//	held    → handed   the owner's release, when a waiter's wait has at least
+//	                   5 ms left: CAS to the first such process, until the
+//	                   sooner of its deadline and 250 ms, with the rest of the
+//	                   queue (and the owner's own process at its end if it
+//	                   has Runs waiting)
+//	held    → free     the owner's release when nobody waits: CAS to an
+//	                   expired value (gomemcache has no delete-with-CAS)
+//	handed  → held     the process it was handed to claims it by CAS
+//	handed  → held     any waiter claims it when <until> has passed, or after
+//	                   it has seen the same target for 25 ms by its own clock
+//	                   (the target stopped waiting or died); a caller that
+//	                   does not wait may claim it once <until> has passed
+//	handed  → handed   the target stopped waiting: it passes the key on to
+//	                   the next in the queue (or to free) by CAS
+//	any     → free     the TTL ran out (the owner died or was paused),
+//	                   eviction, flush_all, a restart
+//
+// Every write after add is a CAS against the item just read, so two
+// processes never both move the same state: the loser reads again. A
+// hand-off never outlives the wait of the one it was handed to, so a
+// process that gave up cannot keep the key from the others. The key
+// rotates between processes in queue order, and polling faster gains
+// nothing: the first process in line polls every 200 µs to 2 ms, depending
+// on how long the current holder has had the key, the others more slowly,
+// all with jitter.
 //
 // # Limits
 //
@@ -75,8 +108,36 @@
 // Run's retries. The memcached lock makes the common case fast, with writers
 // queueing instead of conflicting; the database makes it right.
 //
-// When memcached cannot be reached, Acquire and Verify return an error
-// wrapping txlock.ErrLockUnavailable, and Run stops without committing.
-// WithFailOpen instead carries on without the lock and logs it: only safe
-// where the database guards correctness as above.
+// # When memcached cannot be reached
+//
+// A restart or a network blip is waited out. While memcached does not
+// answer, one caller of the Locker at a time probes it, after a backoff
+// with jitter (10 ms doubling to 500 ms); the other Runs of the process
+// wait for that probe's outcome instead of all dialing, and none of them
+// holds a database connection. Only a memcached still down when the lock
+// wait (txlock.WithLockWait) or the context ends is an error, wrapping
+// txlock.ErrLockUnavailable. A lease that cannot be verified before COMMIT
+// because memcached is down makes Run roll the attempt back and try again,
+// within its attempts and lock wait; a lease found lost after a restart,
+// eviction or flush_all does the same. memcached out of memory (a server
+// started with -M answers SERVER_ERROR out of memory) counts as
+// unreachable, not as a busy key.
+//
+// When a lock held by the database is in the same run
+// (txlock.WithLocker(memcachelock.New(mc), advisorylock.New())), mutual
+// exclusion does not rest on memcached: an unreachable memcached is not
+// waited for, the Run goes on under the database lock alone and reports it
+// (txlock.Event.Degraded), and the next Run queues in memcached again as
+// soon as it answers.
+//
+// memcachelock alone does not do that by default: without memcached there
+// is no lock, and a check-then-insert guarded only by it would let
+// duplicates in. WithFailOpen makes it carry on without the lock all the
+// same, which is safe only where the database guards correctness itself
+// (SERIALIZABLE, a constraint).
+//
+// Run the lock memcached with -M (no eviction): otherwise memcached may
+// evict a held lock under memory pressure, which costs the holder its
+// attempt (it finds the lease lost at Verify and retries) and, for a
+// moment, lets a second holder in, as any lost lease does.
 package memcachelock

@@ -28,7 +28,7 @@ func Example() {
 	mc := memcache.New("127.0.0.1:11211") // or several: memcache.New(a, b, c)
 	locker := memcachelock.New(mc,
 		memcachelock.WithTTL(10*time.Second),
-		memcachelock.WithPrefix("myapp:lock:"),
+		memcachelock.WithPrefix("myapp-lock"),
 		memcachelock.WithFailOpen(slog.Default()), // the UNIQUE index below keeps it right
 	)
 
@@ -53,4 +53,20 @@ func Example() {
 	case err != nil:
 		log.Fatal(err)
 	}
+}
+
+// Find a misconfigured locker, or an unreachable memcached, when the
+// program starts rather than at its first request.
+func ExampleLocker_Check() {
+	mc := memcache.New("127.0.0.1:11211")
+	opts := []txlock.Option{
+		txlock.WithLocker(memcachelock.New(mc, memcachelock.WithTTL(10*time.Second))),
+		txlock.WithLockWait(5 * time.Second),
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := txlock.Check(ctx, opts...); err != nil {
+		log.Fatal(err) // ErrInvalid: a bad option; ErrLockUnavailable: memcached does not answer
+	}
+	// ... txlock.Run(ctx, db, keys, body, opts...)
 }

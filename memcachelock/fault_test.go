@@ -213,15 +213,20 @@ func TestMemcachedKilledMidTransaction(t *testing.T) {
 		m, c := startMemcached(t)
 		db := counterDB(t)
 		l := newLocker(t, c)
-		err := txlock.Run(context.Background(), db, []string{"k"}, insert(m.Kill), txlock.WithLocker(l))
+		// The lease cannot be verified: the attempt rolls back, and the
+		// next one waits for memcached until the lock wait is spent.
+		err := txlock.Run(context.Background(), db, []string{"k"}, insert(m.Kill), txlock.WithLocker(l),
+			txlock.WithLockWait(300*time.Millisecond))
 		if !errors.Is(err, txlock.ErrLockUnavailable) {
 			t.Fatalf("Run = %v, want ErrLockUnavailable", err)
 		}
 		if got := attemptsCommitted(t, db); len(got) != 0 {
 			t.Fatalf("committed under a lock that could not be verified: %v", got)
 		}
-		// Acquire with the server down.
-		if _, err := l.Acquire(context.Background(), request("k")); !errors.Is(err, txlock.ErrLockUnavailable) {
+		// Acquire with the server down: waited out until ctx ends.
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		if _, err := l.Acquire(ctx, request("k")); !errors.Is(err, txlock.ErrLockUnavailable) {
 			t.Fatalf("Acquire with memcached down: %v", err)
 		}
 	})

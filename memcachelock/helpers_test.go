@@ -64,9 +64,7 @@ func checkIdle(t testing.TB, l *Locker) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
-		l.q.mu.Lock()
-		n := len(l.q.slots)
-		l.q.mu.Unlock()
+		n := l.local.Len()
 		live := l.live.Load()
 		if n == 0 && live == 0 {
 			return

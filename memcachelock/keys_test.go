@@ -108,12 +108,30 @@ func TestBadConfiguration(t *testing.T) {
 		if _, err := l.Acquire(ctx, request("k")); !errors.Is(err, txlock.ErrInvalid) {
 			t.Errorf("%s: Acquire = %v, want ErrInvalid", name, err)
 		}
+		// Found at startup, before any request.
+		if err := l.Check(ctx); !errors.Is(err, txlock.ErrInvalid) {
+			t.Errorf("%s: Check = %v, want ErrInvalid", name, err)
+		}
+		if err := txlock.Check(ctx, txlock.WithLocker(l)); !errors.Is(err, txlock.ErrInvalid) {
+			t.Errorf("%s: txlock.Check = %v, want ErrInvalid", name, err)
+		}
 	}
 	var nilLocker *Locker
 	if _, err := nilLocker.Acquire(ctx, request("k")); !errors.Is(err, txlock.ErrInvalid) {
 		t.Errorf("nil *Locker: %v", err)
 	}
 	good := newLocker(t, c, WithTTL(2*time.Second), WithPrefix(""), WithFailOpen(slog.Default()), WithHandoffLimit(1), nil)
+	if err := txlock.Check(ctx, txlock.WithLocker(good)); err != nil {
+		t.Errorf("txlock.Check of a good Locker: %v", err)
+	}
+	down := New(memcache.New("127.0.0.1:1"))
+	if err := txlock.Check(ctx, txlock.WithLocker(down)); !errors.Is(err, txlock.ErrLockUnavailable) {
+		t.Errorf("txlock.Check with memcached unreachable = %v, want ErrLockUnavailable", err)
+	}
+	//nolint:staticcheck // a nil context on purpose
+	if err := good.Check(nil); !errors.Is(err, txlock.ErrInvalid) {
+		t.Errorf("Check(nil) = %v, want ErrInvalid", err)
+	}
 	lease, err := good.Acquire(ctx, request("k"))
 	if err != nil {
 		t.Fatal(err)

@@ -2,20 +2,25 @@ package memcachelock
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/internal/keyfmt"
+	"github.com/txlock/txlock/internal/keyqueue"
 )
 
 const (
-	// DefaultTTL is the lease of a lock when WithTTL is not given, as in
-	// the first seed. A holder refreshes it while its transaction runs.
+	// DefaultTTL is the lease of a lock when WithTTL is not given. A
+	// holder refreshes it while its transaction runs.
 	DefaultTTL = 30 * time.Second
 	// MinTTL is the shortest lease WithTTL accepts. memcached counts
 	// expiry in whole seconds on a clock that ticks once a second, so a
@@ -25,8 +30,9 @@ const (
 	// MaxTTL is the longest lease WithTTL accepts: memcached reads a
 	// longer expiry as an absolute Unix time.
 	MaxTTL = 30 * 24 * time.Hour
-	// DefaultPrefix starts every memcached key when WithPrefix is not given.
-	DefaultPrefix = "txlock:"
+	// DefaultPrefix starts every memcached key when WithPrefix is not
+	// given; memcachelock puts ":" after it.
+	DefaultPrefix = "txlock"
 	// DefaultHandoffLimit is how many times in a row a process may hand a
 	// key on to its own next waiter while other processes wait for it.
 	DefaultHandoffLimit = 8
@@ -37,108 +43,119 @@ const (
 )
 
 // Locker holds named locks in memcached. It implements txlock.Locker and is
-// acquired before BEGIN (InTx reports false). It is safe for concurrent use;
-// make one per process and client, and share it.
+// acquired before BEGIN. It is safe for concurrent use; make one per
+// process and client, and share it: its Runs queue in the process, and it
+// is one process in the queues kept in memcached.
 type Locker struct {
-	c    *memcache.Client
-	cfg  config
-	proc string // this Locker's ID in the queues of other processes
-	q    queue
-	live atomic.Int64 // holds with a running refresher, for leak checks
+	c      *memcache.Client
+	cfg    config
+	proc   string              // this Locker's ID in the queues of other processes
+	local  keyqueue.Map[*hold] // this process's Runs, per memcached key
+	health health              // memcached's availability
+	tokens atomic.Uint64       // owner tokens issued
+	live   atomic.Int64        // holds with a running refresher, for leak checks
+	warned struct {
+		sync.Mutex
+		at time.Time
+		n  int
+	} // fail-open warnings, rate-limited
 }
 
 type config struct {
 	ttl          time.Duration
 	prefix       string
 	failOpen     bool
-	log          *slog.Logger
+	log          *slog.Logger // for warnings; nil: slog.Default() at the time
 	handoffLimit int
-	err          error // the first bad option, reported by Acquire
+	err          error // the first bad option, reported by Check and Acquire
 }
 
-// Option configures a Locker. A bad option makes every Acquire fail with an
-// error wrapping txlock.ErrInvalid; New itself never fails or panics.
-type Option func(*config)
+// Option configures a Locker. As in every package of this module, a bad
+// value is an error wrapping txlock.ErrInvalid; since New cannot return
+// it, Check and every Acquire do.
+type Option func(*config) error
 
-func (c *config) invalid(format string, args ...any) {
-	if c.err == nil {
-		c.err = fmt.Errorf("%w: memcachelock: "+format, append([]any{txlock.ErrInvalid}, args...)...)
-	}
+func invalid(format string, args ...any) error {
+	return fmt.Errorf("%w: memcachelock: "+format, append([]any{txlock.ErrInvalid}, args...)...)
 }
 
 // WithTTL sets the lease of each lock: how long memcached keeps it if its
 // holder stops refreshing it (crashed, paused, cut off). The holder
-// refreshes it every TTL/3 while its transaction runs, so a long transaction
-// does not lose it. d must be between MinTTL (2 s) and MaxTTL (30 days);
-// anything else, 0 included, is an error at Acquire. Expiry has a
-// resolution of one second: a lock not refreshed may last between d-1s
-// and d.
+// refreshes it every TTL/3 while its transaction runs, so a long
+// transaction does not lose it. d must be between MinTTL (2 s) and MaxTTL
+// (30 days). Expiry has a resolution of one second: a lock not refreshed
+// may last between d-1s and d.
 func WithTTL(d time.Duration) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if d < MinTTL || d > MaxTTL {
-			c.invalid("WithTTL(%v): want between %v and %v", d, MinTTL, MaxTTL)
-			return
+			return invalid("WithTTL(%v): want between %v and %v", d, MinTTL, MaxTTL)
 		}
 		c.ttl = d
+		return nil
 	}
 }
 
 // WithPrefix sets the string put before every key (DefaultPrefix,
-// "txlock:", by default), so several applications can share a memcached.
-// It must be printable ASCII without spaces, at most 206 bytes; anything
-// else is an error at Acquire. "" is allowed.
+// "txlock", by default), so several applications can share a memcached.
+// memcachelock puts ":" after it; a prefix given with a trailing ":" is
+// the same prefix without it. It must be printable ASCII without spaces or
+// further ":", at most 205 bytes; "" is allowed. Two different prefixes
+// never share a lock.
 func WithPrefix(p string) Option {
-	return func(c *config) {
+	return func(c *config) error {
+		p = strings.TrimSuffix(p, separator)
 		if err := checkPrefix(p); err != nil {
-			if c.err == nil {
-				c.err = err
-			}
-			return
+			return err
 		}
 		c.prefix = p
+		return nil
 	}
 }
 
-// WithFailOpen makes an unreachable memcached not an error: Acquire logs a
-// warning through logger (slog.Default() if nil) and returns a lease that
-// holds only this process's in-memory lock, whose Verify and Release do
-// nothing with memcached; a lease whose server goes down mid-transaction
-// logs and carries on at Verify instead of failing.
+// WithFailOpen makes an unreachable memcached not an error: Acquire carries
+// on at once without the memcached lock, holding only this process's
+// in-memory lock, and logs a warning through logger (slog.Default() if
+// nil; at most one every ten seconds, with a count of those it left out);
+// Run reports it in Event.Degraded.
 //
-// This is only safe where the database itself guards correctness (advisory
-// locks, SERIALIZABLE, a constraint, with txlock.Run's retries): the lock
-// then only saves wasted work, and without it writers conflict and retry
-// instead of queueing. A lock found lost (the key gone or someone else's)
-// is still txlock.ErrLockLost: fail-open is about an unreachable server,
-// not about a lock that was taken over.
+// This is only safe where the database itself guards correctness
+// (SERIALIZABLE, a constraint, with txlock.Run's retries): the lock then
+// only saves wasted work, and without it writers conflict and retry instead
+// of queueing. With advisorylock in the same Run it is not needed: Run then
+// carries on under the database lock when memcached is down, without this
+// option. A lock found lost (the key gone or someone else's) is still
+// txlock.ErrLockLost: fail-open is about an unreachable server, not about a
+// lock that was taken over.
 func WithFailOpen(logger *slog.Logger) Option {
-	return func(c *config) {
-		if logger == nil {
-			logger = slog.Default()
+	return func(c *config) error {
+		c.failOpen = true
+		if logger != nil {
+			c.log = logger
 		}
-		c.failOpen, c.log = true, logger
+		return nil
 	}
 }
 
 // WithHandoffLimit sets how many times in a row this process may pass a
 // key from one of its Runs to the next without going through memcached while
-// other processes are queued for it (DefaultHandoffLimit). A local handoff
+// other processes are queued for it (DefaultHandoffLimit). A local hand-off
 // costs no round trip and no poll; the limit makes the key rotate between
 // processes. 1 means every Run of a queued key goes back to the queue; n must
 // be at least 1.
 func WithHandoffLimit(n int) Option {
-	return func(c *config) {
+	return func(c *config) error {
 		if n < 1 {
-			c.invalid("WithHandoffLimit(%d): want at least 1", n)
-			return
+			return invalid("WithHandoffLimit(%d): want at least 1", n)
 		}
 		c.handoffLimit = n
+		return nil
 	}
 }
 
 // New returns a Locker that keeps its locks in c. It never fails: a nil
-// client or a bad option is reported by every Acquire as an error wrapping
-// txlock.ErrInvalid.
+// client or a bad option is reported by Check and by every Acquire as an
+// error wrapping txlock.ErrInvalid. Call Check (or txlock.Check) at startup
+// to find them, and an unreachable memcached, before the first request.
 //
 // If c.MaxIdleConns is 0, New sets it to MaxIdleConns (64), because
 // gomemcache's default of 2 idle connections per server makes concurrent
@@ -154,21 +171,46 @@ func WithHandoffLimit(n int) Option {
 func New(c *memcache.Client, opts ...Option) *Locker {
 	cfg := config{ttl: DefaultTTL, prefix: DefaultPrefix, handoffLimit: DefaultHandoffLimit}
 	for _, o := range opts {
-		if o != nil {
-			o(&cfg)
+		if o == nil {
+			continue
+		}
+		if err := o(&cfg); err != nil && cfg.err == nil {
+			cfg.err = err
 		}
 	}
-	if c == nil {
-		cfg.invalid("nil *memcache.Client")
-	} else if c.MaxIdleConns == 0 {
+	if c == nil && cfg.err == nil {
+		cfg.err = invalid("nil *memcache.Client")
+	} else if c != nil && c.MaxIdleConns == 0 {
 		c.MaxIdleConns = MaxIdleConns
 	}
 	return &Locker{c: c, cfg: cfg, proc: randomID(8)}
 }
 
-// InTx reports false: memcached locks are taken before BEGIN, so waiters hold
-// no database connection.
-func (l *Locker) InTx() bool { return false }
+// Check reports a bad configuration (an error wrapping txlock.ErrInvalid)
+// or memcached servers that do not answer (txlock.ErrLockUnavailable),
+// so that a program can fail at startup instead of at its first request.
+func (l *Locker) Check(ctx context.Context) error {
+	switch {
+	case l == nil:
+		return invalid("nil *Locker")
+	case l.cfg.err != nil:
+		return l.cfg.err
+	case ctx == nil:
+		return invalid("Check: nil context")
+	case ctx.Err() != nil:
+		return fmt.Errorf("memcachelock: check: %w", ctx.Err())
+	}
+	if err := l.c.Ping(); err != nil {
+		return unavailable("check", err)
+	}
+	return nil
+}
+
+// Traits reports that memcached locks are taken before BEGIN, so waiters
+// hold no database connection, and that a lease can be lost.
+func (l *Locker) Traits(*sql.TxOptions) txlock.Traits {
+	return txlock.Traits{Stage: txlock.BeforeBegin}
+}
 
 // Acquire takes every key of req, in order, and returns a lease holding
 // them all, or an error and nothing held.
@@ -180,26 +222,36 @@ func (l *Locker) InTx() bool { return false }
 // memcached and joins a queue kept in the lock's value; see the package
 // documentation.
 //
-// Errors: txlock.ErrInvalid for a bad configuration; txlock.ErrLockBusy at
-// once with req.TryOnce when a key is taken; an error wrapping ctx.Err() when
-// ctx ends while waiting; txlock.ErrLockUnavailable, wrapping gomemcache's
-// error, when memcached cannot be reached (unless WithFailOpen).
+// While memcached cannot be reached, Acquire waits for it within ctx (one
+// caller of the Locker probes it, with backoff; the others wait for the
+// outcome), unless req.Guarded or WithFailOpen says it may carry on without
+// the lock: then it does so at once, and calls req.Degraded.
+//
+// Errors: txlock.ErrInvalid for a bad configuration or no keys;
+// txlock.ErrLockBusy at once with req.TryOnce when a key is taken; an error
+// wrapping ctx.Err() when ctx ends while waiting for a key;
+// txlock.ErrLockUnavailable, wrapping gomemcache's error, when memcached
+// is still unreachable when ctx ends (or at once with req.TryOnce).
 func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease, error) {
-	if l == nil {
-		return nil, fmt.Errorf("%w: memcachelock: nil *Locker", txlock.ErrInvalid)
-	}
-	if l.cfg.err != nil {
+	switch {
+	case l == nil:
+		return nil, invalid("nil *Locker")
+	case l.cfg.err != nil:
 		return nil, l.cfg.err
+	case len(req.Keys) == 0:
+		return nil, invalid("no keys")
 	}
-	if len(req.Keys) == 0 {
-		return nil, fmt.Errorf("%w: memcachelock: no keys", txlock.ErrInvalid)
-	}
-	ls := &lease{l: l, lost: req.Lost}
+	degrade := req.Guarded || l.cfg.failOpen
+	ls := &lease{l: l, lost: req.Lost, keys: make([]held, 0, len(req.Keys))}
 	for _, k := range req.Keys {
 		mk := memKey(l.cfg.prefix, k)
-		h, err := l.acquireKey(ctx, mk, k, req.TryOnce)
+		h, err := l.lockKey(ctx, mk, k, req.TryOnce, degrade)
+		if err != nil && degrade && errors.Is(err, txlock.ErrLockUnavailable) {
+			l.degraded(req, err)
+			err = nil // carry on with the local lock only
+		}
 		if err != nil {
-			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.callBudget())
+			rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.callBudget(len(ls.keys)))
 			_ = ls.Release(rctx)
 			cancel()
 			return nil, err
@@ -212,56 +264,90 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 	return ls, nil
 }
 
-// callBudget bounds a cleanup that runs after the caller's context ended:
-// a few calls, each bounded by the client's timeout.
-func (l *Locker) callBudget() time.Duration {
-	t := l.c.Timeout
-	if t <= 0 {
-		t = memcache.DefaultTimeout
-	}
-	return 4 * t
-}
-
-// acquireKey takes one key: first this process's queue for it, then, unless
-// the previous local holder handed its memcached lock on, memcached.
-func (l *Locker) acquireKey(ctx context.Context, mk, name string, try bool) (*hold, error) {
-	h, err := l.q.lock(ctx, mk, try)
-	if err != nil {
-		if errors.Is(err, txlock.ErrLockBusy) {
-			return nil, fmt.Errorf("%w: memcachelock: key %s is held in this process", txlock.ErrLockBusy, describe(name))
+// lockKey takes one key: first this process's queue for it, then, unless
+// the previous local holder handed its memcached lock on, memcached. On an
+// error that degrade may carry on from (ErrLockUnavailable), the local lock
+// stays held and the hold is nil.
+func (l *Locker) lockKey(ctx context.Context, mk, name string, try, degrade bool) (*hold, error) {
+	var h *hold
+	if try {
+		if !l.local.TryLock(mk) {
+			return nil, fmt.Errorf("%w: memcachelock: key %s is held in this process", txlock.ErrLockBusy, keyfmt.Quote(name))
 		}
-		return nil, fmt.Errorf("memcachelock: waiting for key %s: %w", describe(name), err)
+	} else {
+		var err error
+		if h, err = l.local.Lock(ctx, mk); err != nil {
+			return nil, fmt.Errorf("memcachelock: waiting for key %s: %w", keyfmt.Quote(name), err)
+		}
 	}
 	if h != nil {
 		return h, nil
 	}
-	h, err = l.take(ctx, mk, name, try)
+	t := l.newTaker(ctx, mk, name, try, degrade)
+	h, err := t.take(ctx)
 	if err == nil {
 		return h, nil
 	}
-	if errors.Is(err, txlock.ErrLockUnavailable) && l.cfg.failOpen {
-		l.cfg.log.Warn("memcachelock: lock service unavailable, carrying on without the lock (fail-open)",
-			"key", describe(name), "err", err)
-		return nil, nil // the local lock stays held; no memcached lock
+	if degrade && errors.Is(err, txlock.ErrLockUnavailable) {
+		return nil, err // keep the local lock
 	}
-	if ctx.Err() != nil && !errors.Is(err, txlock.ErrLockUnavailable) && l.q.waiters(mk) == 0 {
-		// Nobody here takes over our place in the remote queue: leave it,
-		// so holders do not hand the key to a process that stopped
-		// waiting.
-		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.callBudget())
+	if t.joined && l.local.Waiters(mk) == 0 {
+		// Nobody here takes over our place in the remote queue: if the
+		// key was handed to us meanwhile, pass it on.
+		wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.callBudget(1))
 		l.withdraw(wctx, mk)
 		cancel()
 	}
-	_ = l.q.unlock(ctx, mk, nil, l.cfg.handoffLimit)
+	l.local.Unlock(mk)
 	return nil, err
+}
+
+// degraded reports that Acquire carries on without a memcached lock: to
+// Run, and as a warning, at most one every warnEvery with a count of those
+// left out. Key values are not logged: they can be personal data.
+func (l *Locker) degraded(req txlock.Request, err error) {
+	if req.Degraded != nil {
+		req.Degraded(err)
+	}
+	l.warned.Lock()
+	defer l.warned.Unlock()
+	if time.Since(l.warned.at) < warnEvery {
+		l.warned.n++
+		return
+	}
+	why := "the run is guarded by a lock held in the database"
+	if !req.Guarded {
+		why = "fail-open"
+	}
+	log := l.cfg.log
+	if log == nil {
+		log = slog.Default()
+	}
+	log.Warn("memcachelock: memcached unavailable, carrying on without its lock",
+		"why", why, "err", err, "suppressed", l.warned.n)
+	l.warned.at, l.warned.n = time.Now(), 0
+}
+
+// warnEvery rate-limits fail-open warnings.
+const warnEvery = 10 * time.Second
+
+// callBudget bounds a cleanup that runs after the caller's context ended:
+// a few calls per key, each bounded by the client's timeout.
+func (l *Locker) callBudget(keys int) time.Duration {
+	t := l.c.Timeout
+	if t <= 0 {
+		t = memcache.DefaultTimeout
+	}
+	return time.Duration(4+keys) * t
 }
 
 type held struct {
 	mk   string
 	name string
-	h    *hold // nil: fail-open, only the local lock
+	h    *hold // nil: carrying on without memcached, only the local lock
 }
 
+// lease is the keys of one Acquire.
 type lease struct {
 	l    *Locker
 	keys []held
@@ -274,17 +360,19 @@ func (ls *lease) onLost(cause error) {
 	}
 }
 
-// Verify reads every lock once (one gets per server, in parallel) and
-// checks that it still carries this lease's owner token. A lock gone or
-// someone else's is an error wrapping txlock.ErrLockLost. An unreachable
-// server is an error wrapping txlock.ErrLockUnavailable, or, with
-// WithFailOpen, a warning in the log and nil. The CAS IDs read here let an
+// Verify reads every lock once (one gets per server and batch) and checks
+// that it still carries this lease's owner token. A lock gone or someone
+// else's is an error wrapping txlock.ErrLockLost. An unreachable server is
+// an error wrapping txlock.ErrLockUnavailable (Run rolls back and tries
+// again), or, with WithFailOpen, nil. The CAS IDs read here let an
 // unchanged lock be released with a single CAS.
 func (ls *lease) Verify(ctx context.Context) error {
-	var hs []*hold
+	hs := make([]*hold, 0, len(ls.keys))
+	keys := make([]string, 0, len(ls.keys))
 	for _, k := range ls.keys {
 		if k.h != nil {
 			hs = append(hs, k.h)
+			keys = append(keys, k.mk)
 		}
 	}
 	if len(hs) == 0 {
@@ -293,22 +381,19 @@ func (ls *lease) Verify(ctx context.Context) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("memcachelock: verify: %w", err)
 	}
-	keys := make([]string, len(hs))
-	for i, h := range hs {
-		keys[i] = h.mk
+	if down, last := ls.l.health.isDown(); down && !ls.l.cfg.failOpen {
+		return downError("verify", last)
 	}
 	items, err := ls.l.getMulti(keys)
 	if err != nil {
-		err = unavailable("verify", err)
 		if ls.l.cfg.failOpen {
-			ls.l.cfg.log.Warn("memcachelock: cannot verify locks before commit, carrying on (fail-open)", "err", err)
 			return nil
 		}
-		return err
+		return unavailable("verify", err)
 	}
 	for i, h := range hs {
 		if err := h.observe(items[h.mk]); err != nil {
-			return fmt.Errorf("memcachelock: verify key %s: %w", describe(ls.keys[i].name), err)
+			return fmt.Errorf("memcachelock: verify key %s: %w", keyfmt.Quote(ls.keys[i].name), err)
 		}
 	}
 	return nil
@@ -318,43 +403,52 @@ func (ls *lease) Verify(ctx context.Context) error {
 // owns it: the next Run of this process that waits for the key gets it
 // directly, or the lock's value is compare-and-swapped to hand the key to the
 // next waiting process, or to expired. A lock found lost is left alone: it
-// is not an error, there is nothing to give back. It stops the lease's
-// refreshers before it returns.
+// is not an error, there is nothing to give back. Many keys are released
+// several at a time.
 func (ls *lease) Release(ctx context.Context) error {
-	var first error
-	for i := len(ls.keys) - 1; i >= 0; i-- {
-		k := ls.keys[i]
+	keys := ls.keys
+	ls.keys = nil
+	for _, k := range keys {
 		if k.h != nil {
 			k.h.attach(nil)
 		}
-		if err := ls.l.q.unlock(ctx, k.mk, k.h, ls.l.cfg.handoffLimit); err != nil && first == nil {
-			first = fmt.Errorf("memcachelock: release key %s: %w", describe(k.name), err)
+	}
+	var mu sync.Mutex
+	var first error
+	release := func(k held) {
+		if err := ls.l.unlock(ctx, k.mk, k.h); err != nil {
+			mu.Lock()
+			if first == nil {
+				first = fmt.Errorf("memcachelock: release key %s: %w", keyfmt.Quote(k.name), err)
+			}
+			mu.Unlock()
 		}
 	}
-	ls.keys = nil
+	if len(keys) <= parallelRelease {
+		for i := len(keys) - 1; i >= 0; i-- {
+			release(keys[i])
+		}
+		return first
+	}
+	work := make(chan held)
+	var wg sync.WaitGroup
+	for range parallelRelease {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for k := range work {
+				release(k)
+			}
+		}()
+	}
+	for i := len(keys) - 1; i >= 0; i-- {
+		work <- keys[i]
+	}
+	close(work)
+	wg.Wait()
 	return first
 }
 
-func (l *Locker) getMulti(keys []string) (map[string]*memcache.Item, error) {
-	if len(keys) == 1 {
-		it, err := l.get(keys[0])
-		if errors.Is(err, memcache.ErrCacheMiss) {
-			return map[string]*memcache.Item{}, nil
-		}
-		if err != nil {
-			return nil, err
-		}
-		return map[string]*memcache.Item{keys[0]: it}, nil
-	}
-	var m map[string]*memcache.Item
-	err := retried(func() (err error) {
-		m, err = l.c.GetMulti(keys)
-		return err
-	})
-	return m, err
-}
-
-// unavailable wraps a transport or server error from memcached.
-func unavailable(op string, err error) error {
-	return fmt.Errorf("%w: memcachelock: %s: %w", txlock.ErrLockUnavailable, op, err)
-}
+// parallelRelease is how many keys of one lease are released at a time
+// when there are more than that.
+const parallelRelease = 8

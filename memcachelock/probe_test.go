@@ -13,7 +13,7 @@ import (
 	"github.com/txlock/txlock/internal/testenv"
 )
 
-// TestHotKeyProbe measures BRIEF §6's hot-key figures for memcachelock: 32
+// TestHotKeyProbe measures memcachelock's hot-key figures: 32
 // workers in 4 OS processes on one key, 1 ms of CPU work per body, each
 // body a read-then-write of one Postgres row. It runs only with
 // TXLOCK_BENCH=1 (and should run without -race):

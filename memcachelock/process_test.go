@@ -111,11 +111,11 @@ func runHelper(cfg helperConfig) (res helperResult) {
 		}
 		return increment(ctx, tx)
 	}
-	observer := txlock.WithObserver(func(txlock.Event) {
+	observer := txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, _ txlock.Event) {
 		mu.Lock()
 		res.Attempts++
 		mu.Unlock()
-	})
+	}})
 	for w := 0; w < cfg.Workers; w++ {
 		wg.Add(1)
 		go func() {

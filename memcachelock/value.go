@@ -3,20 +3,25 @@ package memcachelock
 import (
 	"crypto/rand"
 	"encoding/base64"
-	"slices"
+	"strconv"
 	"strings"
+	"time"
 )
 
 // The value of a lock item is one of
 //
-//	L <token> [<process>...]   held by the hold whose owner token is <token>
-//	H <process> [<process>...] handed to <process>, which may claim it by CAS
+//	L <token> [<waiter>...]            held by the hold whose owner token is <token>
+//	H <process> <until> [<waiter>...]  handed to <process>, which may claim it until <until>
 //
-// The trailing process IDs are the remote waiters, in the order they
-// announced themselves (with append). They are carried from holder to
-// holder, so they form a queue of processes across the servers of one key:
-// a holder that releases while processes wait hands the key to the first of
-// them instead of freeing it for whoever polls first.
+// and a <waiter> is <process>:<deadline>, a process that waits for the key
+// and the time its wait ends. Times are Unix milliseconds. The waiters
+// form a queue across processes, oldest first: they join it with append
+// (which keeps the holder's expiry), and it is carried from holder to
+// holder. A process appears once; when it appears twice (a new wait after
+// one that ended) the first place and the later deadline count.
+//
+// Anything else under a lock's key (a value written by something other
+// than this package) is foreign data: the key is taken until it expires.
 const (
 	stateHeld    = 'L'
 	stateHandoff = 'H'
@@ -24,48 +29,105 @@ const (
 
 type lockValue struct {
 	state byte
-	owner string   // token (L) or process ID (H)
-	queue []string // waiting processes, oldest first, no duplicates
+	owner string // token (L) or process (H)
+	until int64  // H: when the hand-off lapses
+	queue []waiter
+}
+
+type waiter struct {
+	proc     string
+	deadline int64
 }
 
 func parseValue(b []byte) (lockValue, bool) {
 	f := strings.Fields(string(b))
-	if len(f) < 2 || len(f[0]) != 1 || (f[0][0] != stateHeld && f[0][0] != stateHandoff) {
+	if len(f) < 2 || len(f[0]) != 1 {
 		return lockValue{}, false
 	}
 	v := lockValue{state: f[0][0], owner: f[1]}
-	for _, p := range f[2:] {
-		if !slices.Contains(v.queue, p) {
-			v.queue = append(v.queue, p)
+	rest := f[2:]
+	switch v.state {
+	case stateHeld:
+	case stateHandoff:
+		if len(rest) == 0 {
+			return lockValue{}, false
 		}
+		until, err := strconv.ParseInt(rest[0], 10, 64)
+		if err != nil {
+			return lockValue{}, false
+		}
+		v.until, rest = until, rest[1:]
+	default:
+		return lockValue{}, false
+	}
+	for _, e := range rest {
+		proc, d, ok := strings.Cut(e, ":")
+		if !ok || proc == "" {
+			continue
+		}
+		deadline, err := strconv.ParseInt(d, 10, 64)
+		if err != nil {
+			continue
+		}
+		v.queue = addWaiter(v.queue, waiter{proc: proc, deadline: deadline})
 	}
 	return v, true
 }
 
+// addWaiter adds w at the end of q, or, if its process is there already,
+// keeps that place with the later deadline.
+func addWaiter(q []waiter, w waiter) []waiter {
+	for i := range q {
+		if q[i].proc == w.proc {
+			q[i].deadline = max(q[i].deadline, w.deadline)
+			return q
+		}
+	}
+	return append(q, w)
+}
+
 func (v lockValue) bytes() []byte {
 	var b strings.Builder
+	b.Grow(32 + 28*len(v.queue))
 	b.WriteByte(v.state)
 	b.WriteByte(' ')
 	b.WriteString(v.owner)
-	for _, p := range v.queue {
+	if v.state == stateHandoff {
 		b.WriteByte(' ')
-		b.WriteString(p)
+		b.WriteString(strconv.FormatInt(v.until, 10))
+	}
+	for _, w := range v.queue {
+		b.WriteByte(' ')
+		b.WriteString(w.entry())
 	}
 	return []byte(b.String())
 }
 
-// without returns q without p, as a new slice.
-func without(q []string, p string) []string {
-	out := make([]string, 0, len(q))
-	for _, x := range q {
-		if x != p {
-			out = append(out, x)
+func (w waiter) entry() string { return w.proc + ":" + strconv.FormatInt(w.deadline, 10) }
+
+// live returns the waiters of q other than proc whose wait has not ended
+// by now, as a new slice.
+func live(q []waiter, proc string, now time.Time) []waiter {
+	out := make([]waiter, 0, len(q))
+	for _, w := range q {
+		if w.proc != proc && w.deadline > now.UnixMilli() {
+			out = append(out, w)
 		}
 	}
 	return out
 }
 
-// randomID returns n random bytes, base64url: no space, no control byte.
+func heldValue(token string, q []waiter) []byte {
+	return lockValue{state: stateHeld, owner: token, queue: q}.bytes()
+}
+
+// expiredValue is what a released lock is swapped to, with a negative
+// expiry that makes memcached drop it at once (gomemcache has no delete
+// with CAS).
+var expiredValue = []byte("-")
+
+// randomID returns n random bytes, base64url: no space, no colon, no
+// control byte.
 func randomID(n int) string {
 	b := make([]byte, n)
 	_, _ = rand.Read(b) // never fails on supported platforms

@@ -95,11 +95,6 @@ func Sleep(ctx context.Context, d time.Duration) error {
 	}
 }
 
-// ErrExhausted is wrapped by the error Do returns when the last allowed
-// attempt failed with a retryable error. The same error also wraps that last
-// error, so errors.Is and errors.As see both.
-var ErrExhausted = errors.New("retry: attempts exhausted")
-
 // retryableError marks an error as worth another attempt.
 type retryableError struct{ err error }
 
@@ -107,7 +102,7 @@ func (e *retryableError) Error() string { return e.err.Error() }
 func (e *retryableError) Unwrap() error { return e.err }
 
 // Retryable marks err as worth another attempt for Do. It returns nil for a
-// nil err. Do strips the mark from the error it finally returns.
+// nil err. Do returns a marked error only when the attempts ran out.
 func Retryable(err error) error {
 	if err == nil {
 		return nil
@@ -115,7 +110,8 @@ func Retryable(err error) error {
 	return &retryableError{err: err}
 }
 
-// IsRetryable reports whether err was marked with Retryable.
+// IsRetryable reports whether err was marked with Retryable. An error Do
+// returns is marked only when the attempts ran out.
 func IsRetryable(err error) bool {
 	var r *retryableError
 	return errors.As(err, &r)
@@ -125,10 +121,11 @@ func IsRetryable(err error) bool {
 // maxAttempts attempts have been made, sleeping b.Delay(n) between attempts.
 // fn receives the attempt number, 1 first.
 //
-// Do returns nil on success; fn's error, unmarked, when it is not retryable;
-// an error wrapping both [ErrExhausted] and the last error after maxAttempts;
-// and an error wrapping both context.Cause(ctx) and the last error when ctx
-// ends between attempts. A nil b means no delay. maxAttempts below 1, a nil
+// Do returns nil on success; fn's error as it is when it is not marked;
+// after maxAttempts, the last error, still marked, so that [IsRetryable]
+// tells exhaustion from a final error (errors.Is and errors.As see through
+// the mark); and an error wrapping both context.Cause(ctx) and the last
+// error, unmarked, when ctx ends between attempts. A nil b means no delay. maxAttempts below 1, a nil
 // ctx or a nil fn is an error, and fn is not called.
 func Do(ctx context.Context, maxAttempts int, b Backoff, fn func(ctx context.Context, attempt int) error) error {
 	switch {
@@ -150,7 +147,7 @@ func Do(ctx context.Context, maxAttempts int, b Backoff, fn func(ctx context.Con
 		}
 		last := r.err
 		if attempt >= maxAttempts {
-			return fmt.Errorf("%w after %d attempts: %w", ErrExhausted, attempt, last)
+			return &retryableError{err: fmt.Errorf("retry: %d attempts, all failed: %w", attempt, last)}
 		}
 		var d time.Duration
 		if b != nil {

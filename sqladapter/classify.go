@@ -3,13 +3,12 @@ package sqladapter
 import (
 	"database/sql/driver"
 	"errors"
-	"io"
-	"net"
 	"reflect"
 	"slices"
 	"strconv"
 	"strings"
-	"syscall"
+
+	"github.com/txlock/txlock/internal/neterr"
 )
 
 // Class is what an error means for the transaction that returned it.
@@ -133,7 +132,7 @@ func (c Classifier) Classify(err error, phase Phase) Class {
 	if safeToRetry(err) || (phase == InTx && errors.Is(err, driver.ErrBadConn)) {
 		return Retryable
 	}
-	if isConnError(err) {
+	if IsConnError(err) {
 		return connLost(phase)
 	}
 	return Permanent
@@ -203,24 +202,58 @@ func safeToRetry(err error) bool {
 	return errors.As(err, &e) && e.SafeToRetry()
 }
 
-// isConnError reports errors that mean the connection, not the statement,
-// failed.
-func isConnError(err error) bool {
-	if errors.Is(err, driver.ErrBadConn) || errors.Is(err, io.EOF) ||
-		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-		errors.Is(err, syscall.ECONNREFUSED) {
-		return true
+// IsConnError reports whether err means the connection, not the
+// statement, failed: driver.ErrBadConn, a broken or refused connection,
+// any net.Error, or pgx's "conn closed".
+func IsConnError(err error) bool {
+	if err == nil {
+		return false
 	}
-	var ne net.Error
-	if errors.As(err, &ne) {
+	if errors.Is(err, driver.ErrBadConn) || neterr.Unreachable(err) {
 		return true
 	}
 	// pgx reports a connection closed under a statement as a plain error
-	// wrapping nothing; its safe-to-retry variants are handled above.
+	// wrapping nothing; its safe-to-retry variants are handled by Classify.
 	msg := err.Error()
 	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
 		strings.Contains(msg, "broken pipe") || strings.Contains(msg, "unexpected EOF")
+}
+
+// Reason names what makes a retryable error retryable, in snake case:
+// "serialization_failure" (40001), "deadlock" (40P01), "unique_violation"
+// (23505 and SQLite's unique constraint), "connection_lost" (class 08,
+// 57P01–57P03, a broken connection), "database_busy" (SQLite's BUSY and
+// LOCKED). It returns "" for any other error.
+func Reason(err error) string {
+	if err == nil {
+		return ""
+	}
+	if code, ok := SQLState(err); ok {
+		switch {
+		case code == CodeSerializationFailure:
+			return "serialization_failure"
+		case code == CodeDeadlockDetected:
+			return "deadlock"
+		case code == CodeUniqueViolation:
+			return "unique_violation"
+		case strings.HasPrefix(code, "08"), code == CodeAdminShutdown, code == CodeCrashShutdown, code == CodeCannotConnectNow:
+			return "connection_lost"
+		}
+		return ""
+	}
+	if code, ok := sqliteCode(err); ok {
+		switch {
+		case code&0xff == sqliteBusy, code&0xff == sqliteLocked:
+			return "database_busy"
+		case code == sqliteConstraintUnique, code == sqliteConstraintPK:
+			return "unique_violation"
+		}
+		return ""
+	}
+	if safeToRetry(err) || IsConnError(err) {
+		return "connection_lost"
+	}
+	return ""
 }
 
 // constraintField reads a string field named ConstraintName from the

@@ -174,7 +174,7 @@ func mcOps(addr string) (int64, error) {
 }
 
 // lockers builds the locker set for a mode. ok is false for modes that
-// take no lock through txlock (bare, retry-only, seeds).
+// take no lock through txlock (bare, retry-only, add-poll-delete).
 func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 	mc := func() *memcache.Client {
 		c := memcache.New(mcAddr)
@@ -185,8 +185,8 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 	switch mode {
 	case "bare", "bare-cancellable", "retry-only":
 		return nil, nil
-	case "seeds":
-		return []txlock.Option{txlock.WithLocker(&seedsLocker{mc: mc()})}, nil
+	case "add-poll-delete":
+		return []txlock.Option{txlock.WithLocker(&addPollLocker{mc: mc()})}, nil
 	case "local":
 		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker())}, nil
 	case "memcached":

@@ -1,5 +1,5 @@
-// Command txlockbench measures the figures of BRIEF §6 against a real
-// PostgreSQL and a real memcached, and prints them as tables of ratios
+// Command txlockbench measures txlock's throughput, tail latency and cost
+// against a real PostgreSQL and a real memcached, and prints them as tables of ratios
 // against baselines measured in the same run.
 //
 //	go run ./cmd/txlockbench                     # all scenarios, ~2 minutes
@@ -14,8 +14,8 @@
 //     reservation, expire it, insert the next), with 1 ms of CPU work in each
 //     body; goodput against the serial bound, p99 against the fair bound,
 //     aborted attempts per commit and CPU per commit, for retry-only
-//     (SERIALIZABLE, no lock), the seeds' scheme (add, 50 ms polling, plain
-//     delete) and each txlock locker.
+//     (SERIALIZABLE, no lock), the hand-written memcached lock (add, a fixed
+//     50 ms poll, a plain delete: add-poll-delete) and each txlock locker.
 //   - pool: the hot key plus cold keys through a pool of 8 connections;
 //     cold-key p99 with memcached against advisory.
 //
@@ -67,7 +67,7 @@ func main() {
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
-	modes := flag.String("modes", "", "comma-separated modes to run (default all): bare, local, memcached, advisory, memcached+advisory, retry-only, seeds")
+	modes := flag.String("modes", "", "comma-separated modes to run (default all): bare, local, memcached, advisory, memcached+advisory, retry-only, add-poll-delete")
 	flag.Parse()
 	if *modes != "" {
 		o.modes = map[string]bool{}

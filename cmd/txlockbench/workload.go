@@ -230,7 +230,7 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 	attempts := 0
 	opts := append(slices.Clip(lockOpts),
 		txlock.WithMaxAttempts(1000),
-		txlock.WithObserver(func(txlock.Event) { attempts++ }))
+		txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, _ txlock.Event) { attempts++ }}))
 	var keys []string
 	if j.Mode == "retry-only" {
 		opts = append(opts, txlock.WithTxOptions(serializable), txlock.WithBackoff(retry.Default))
@@ -257,7 +257,7 @@ func reserve(ctx context.Context, tx *sql.Tx, name string) error {
 }
 
 // rotate is the hot-key body: read the active reservation, spend work of
-// CPU (the expensive part the seeds talk of), expire it, insert the next.
+// CPU (the expensive work a conflict wastes), expire it, insert the next.
 func rotate(ctx context.Context, tx *sql.Tx, name string, work time.Duration) error {
 	var id int64
 	err := tx.QueryRowContext(ctx, `SELECT id FROM bench_names WHERE name = $1 AND expires_at > now() ORDER BY id DESC LIMIT 1`, name).Scan(&id)

@@ -1,4 +1,4 @@
-// Command namecheck is the name-reservation service of the txlock seeds: a
+// Command namecheck is a name-reservation service built on txlock: a
 // display name may be active only once at a time but can be reserved again
 // after it expires, so no UNIQUE constraint can guard it and the service
 // checks, then inserts, inside txlock.Run.

@@ -114,12 +114,12 @@ func race(ctx context.Context, env *Env, c RaceConfig, progress io.Writer) (Race
 	res := RaceResult{Mode: c.Mode, Locker: env.Lockers.Name, Database: env.DB.Desc,
 		Requests: c.Requests, Names: c.Names}
 	var attempts, runs atomic.Int64
-	count := txlock.WithObserver(func(ev txlock.Event) {
+	count := txlock.WithObserver(txlock.Observer{AttemptDone: func(_ context.Context, _ txlock.RunInfo, ev txlock.Event) {
 		attempts.Add(1)
 		if !ev.Retry {
 			runs.Add(1) // the last attempt of a Run
 		}
-	})
+	}})
 	serverLog := &firstLines{max: 3}
 	srv := env.Server(c.Config, slog.New(slog.NewTextHandler(serverLog, nil)), count)
 	if c.Mode == modeNaive {

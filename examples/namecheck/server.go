@@ -48,7 +48,7 @@ type Server struct {
 	Log *slog.Logger
 
 	// Naive turns off the fix: check, then insert, with no transaction
-	// and no lock, as the seed's code did before it took a lock. Only the
+	// and no lock, as hand-written code often does. Only the
 	// race demo sets it, to show the bug.
 	Naive bool
 	// NaiveGap is slept between the check and the insert in naive mode.
@@ -187,7 +187,7 @@ func (s *Server) Reserve(ctx context.Context, res Reservation) (Reservation, err
 	return res, nil
 }
 
-// reserveNaive is the seed's code before the lock: check, then insert, on
+// reserveNaive is the code without a lock: check, then insert, on
 // whatever connections the pool hands out, with nothing in between to stop
 // a second request doing the same.
 func (s *Server) reserveNaive(ctx context.Context, res Reservation) (Reservation, error) {

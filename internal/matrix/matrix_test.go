@@ -1,5 +1,5 @@
-// Package matrix_test proves the correctness model of BRIEF §5 against the
-// real PostgreSQL: a hot check-then-insert of reusable names keeps exactly
+// Package matrix_test proves txlock's correctness model (locks for
+// throughput, the transaction for truth) against the real PostgreSQL: a hot check-then-insert of reusable names keeps exactly
 // one active reservation per name, and loses no acknowledged one, at every
 // isolation level with every locker. The same harness shows that it can
 // fail: the naive check-then-insert (no transaction, no lock) and an
@@ -201,7 +201,7 @@ func warm(t testing.TB, db *sql.DB, n int) {
 // is shared by all workers of a process.
 type counter struct{ attempts, serialization, lost, other atomic.Int64 }
 
-func (k *counter) observe(ev txlock.Event) {
+func (k *counter) observe(_ context.Context, _ txlock.RunInfo, ev txlock.Event) {
 	k.attempts.Add(1)
 	if !ev.Retry {
 		return
@@ -225,7 +225,7 @@ func options(c cell, k *counter) []txlock.Option {
 	opts := []txlock.Option{
 		txlock.WithMaxAttempts(200),
 		txlock.WithBackoff(retry.Exponential{Base: time.Millisecond, Max: 50 * time.Millisecond}),
-		txlock.WithObserver(k.observe),
+		txlock.WithObserver(txlock.Observer{AttemptDone: k.observe}),
 	}
 	if lv, ok := levels[c.Level]; ok {
 		opts = append(opts, txlock.WithTxOptions(&sql.TxOptions{Isolation: lv}))
@@ -290,7 +290,7 @@ const (
 // was active; that run commits nothing but still commits.
 func reserve(ctx context.Context, db *sql.DB, c cell, opts []txlock.Option, name, owner string) (id int64, taken bool, err error) {
 	if c.Locker == naive {
-		// The seeds' bug: check, then insert, no transaction, no lock.
+		// The bug txlock exists for: check, then insert, no transaction, no lock.
 		// The pause stands for the request's other work between the
 		// two and makes the race show on every run. Only here: the
 		// locked variants get no help from a widened window.

@@ -1,0 +1,185 @@
+package txlock
+
+import (
+	"context"
+	"database/sql"
+	"reflect"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// How an unknown COMMIT outcome is looked up (see CommitCheck). The
+// statements use the txid_* functions, which every PostgreSQL from 10 on
+// has (13 renamed them pg_current_xact_id_if_assigned and pg_xact_status
+// and kept the old names).
+const (
+	recordTxIDQuery = `SELECT txid_current_if_assigned()`
+	txStatusQuery   = `SELECT txid_status($1)`
+	// probeQuery tells a PostgreSQL that has both functions from anything
+	// else; it runs once per database, outside any transaction, and
+	// assigns no transaction id.
+	probeQuery = `SELECT txid_status(txid_current_if_assigned()) IS NULL`
+
+	// faultMemory is how long CommitCheckAuto keeps recording ids after
+	// a fault.
+	faultMemory = 10 * time.Minute
+	// lookupBudget bounds the lookup of one unknown COMMIT; lookupEvery is
+	// the pause between tries while the database cannot be reached or
+	// still reports the transaction in progress (its backend is exiting).
+	lookupBudget = 5 * time.Second
+	lookupEvery  = 50 * time.Millisecond
+)
+
+// lastFault is when this process last saw a fault, in Unix nanoseconds.
+var lastFault atomic.Int64
+
+func noteFault() { lastFault.Store(time.Now().UnixNano()) }
+
+// shouldRecord says whether this attempt records its transaction id.
+func shouldRecord(ctx context.Context, cc CommitCheck, db Database) bool {
+	switch cc {
+	case CommitCheckNever:
+		return false
+	case CommitCheckAuto:
+		last := lastFault.Load()
+		if last == 0 || time.Since(time.Unix(0, last)) > faultMemory {
+			return false
+		}
+	}
+	return db.Postgres(ctx)
+}
+
+// recordTxID returns the transaction's id, or 0 when it has none because
+// it wrote nothing.
+func recordTxID(ctx context.Context, tx Tx) (int64, error) {
+	var id sql.NullInt64
+	if err := tx.QueryRow(ctx, recordTxIDQuery).Scan(&id); err != nil {
+		return 0, err
+	}
+	return id.Int64, nil
+}
+
+// lookupCommit asks the database, on another connection, what became of
+// transaction id after its COMMIT failed in flight. It tries until it gets
+// an answer other than "in progress" or lookupBudget runs out, on a context
+// detached from the caller's: the caller may have given up, but the answer
+// still decides between success and retry.
+func lookupCommit(ctx context.Context, db Database, id int64) CommitOutcome {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), lookupBudget)
+	defer cancel()
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return CommitUnknown
+		case <-t.C:
+		}
+		switch status, err := txStatus(ctx, db, id); {
+		case err != nil, status == "in progress":
+			t.Reset(lookupEvery)
+		case status == "committed":
+			return CommitFoundCommitted
+		case status == "aborted":
+			return CommitFoundAborted
+		default: // NULL: too old to tell
+			return CommitUnknown
+		}
+	}
+}
+
+func txStatus(ctx context.Context, db Database, id int64) (string, error) {
+	tx, err := db.BeginTx(ctx, &sql.TxOptions{ReadOnly: true})
+	if err != nil {
+		return "", err
+	}
+	defer func() { _ = tx.Rollback(ctx) }()
+	var status sql.NullString
+	if err := tx.QueryRow(ctx, txStatusQuery, id).Scan(&status); err != nil {
+		return "", err
+	}
+	return status.String, nil
+}
+
+// Drivers known not to talk to PostgreSQL, which are never probed.
+var notPostgres = []string{
+	"github.com/DATA-DOG/go-sqlmock",
+	"modernc.org/sqlite",
+	"github.com/mattn/go-sqlite3",
+	"github.com/go-sql-driver/mysql",
+	"github.com/microsoft/go-mssqldb",
+	"github.com/denisenkom/go-mssqldb",
+	"github.com/sijms/go-ora",
+}
+
+// postgresCache remembers probe answers per *sql.DB or *sql.Conn. It is
+// bounded: a program that opens databases without end probes again.
+var postgresCache struct {
+	sync.Mutex
+	m map[any]bool
+}
+
+const postgresCacheMax = 256
+
+// isPostgres probes b once: a *sql.DB or *sql.Conn whose driver is not
+// known to be something else runs probeQuery outside any transaction.
+// Other Beginners are not probed and count as not PostgreSQL.
+func isPostgres(ctx context.Context, b Beginner) bool {
+	var q interface {
+		QueryRowContext(context.Context, string, ...any) *sql.Row
+	}
+	var drv any
+	switch b := b.(type) {
+	case *sql.DB:
+		q, drv = b, b.Driver()
+	case *sql.Conn:
+		q = b
+		_ = b.Raw(func(dc any) error { drv = dc; return nil })
+	default:
+		return false
+	}
+	postgresCache.Lock()
+	v, ok := postgresCache.m[b]
+	postgresCache.Unlock()
+	if ok {
+		return v
+	}
+	v = !knownNotPostgres(drv)
+	if v {
+		var yes bool
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		v = q.QueryRowContext(pctx, probeQuery).Scan(&yes) == nil && yes
+		cancel()
+		if pctx.Err() != nil {
+			return false // do not cache a timeout
+		}
+	}
+	postgresCache.Lock()
+	if postgresCache.m == nil {
+		postgresCache.m = map[any]bool{}
+	}
+	if len(postgresCache.m) < postgresCacheMax {
+		postgresCache.m[b] = v
+	}
+	postgresCache.Unlock()
+	return v
+}
+
+func knownNotPostgres(drv any) bool {
+	if drv == nil {
+		return false
+	}
+	t := reflect.TypeOf(drv)
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	pkg := t.PkgPath()
+	for _, p := range notPostgres {
+		if pkg == p || strings.HasPrefix(pkg, p+"/") {
+			return true
+		}
+	}
+	return false
+}

@@ -1,0 +1,135 @@
+package txlock
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"errors"
+	"fmt"
+)
+
+// Database is what Run needs of a database, whatever its driver: a way to
+// begin a transaction, and a way to hold one connection for a whole attempt.
+// Run wraps a *sql.DB, a *sql.Conn or any other Beginner in one;
+// txlockpgx wraps a *pgxpool.Pool or a *pgx.Conn. Implement it only to run
+// transactions of another kind through RunTx.
+type Database interface {
+	// BeginTx starts a transaction on any connection.
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error)
+
+	// Conn holds one connection for an attempt whose lockers work on the
+	// connection before BEGIN (stage OnConn). A Database that cannot hold
+	// one returns (nil, nil): Run then takes those lockers inside the
+	// transaction instead.
+	Conn(ctx context.Context) (Conn, error)
+
+	// Postgres reports whether the database is PostgreSQL 10 or later,
+	// whose transactions Run can look up by id when the outcome of a
+	// COMMIT is unknown (see CommitCheck). It is called only when such a
+	// lookup may be needed, and may cache its answer.
+	Postgres(ctx context.Context) bool
+}
+
+// Conn is one database connection that Run holds for an attempt.
+type Conn interface {
+	Querier
+	// BeginTx starts a transaction on this connection.
+	BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error)
+	// Close gives the connection back. With discard it closes it instead
+	// of returning it to a pool, which ends its database session and
+	// every lock the session still holds.
+	Close(discard bool) error
+}
+
+// Tx is a database transaction as Run drives it.
+type Tx interface {
+	Querier
+	// Commit commits the transaction. An error wrapping sql.ErrTxDone
+	// means the transaction had already ended (the body committed or
+	// rolled it back itself).
+	Commit(ctx context.Context) error
+	// Rollback rolls the transaction back.
+	Rollback(ctx context.Context) error
+}
+
+// sqlDatabase adapts a database/sql Beginner.
+type sqlDatabase struct{ b Beginner }
+
+func (d sqlDatabase) BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error) {
+	return beginSQL(ctx, d.b, opts)
+}
+
+func beginSQL(ctx context.Context, b Beginner, opts *sql.TxOptions) (Tx, error) {
+	tx, err := b.BeginTx(ctx, opts)
+	if err != nil {
+		return nil, err
+	}
+	if tx == nil {
+		return nil, invalid("%T.BeginTx returned a nil *sql.Tx and no error", b)
+	}
+	return sqlTx{tx}, nil
+}
+
+func (d sqlDatabase) Conn(ctx context.Context) (Conn, error) {
+	switch b := d.b.(type) {
+	case *sql.DB:
+		c, err := b.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return &sqlConn{c: c, owned: true}, nil
+	case *sql.Conn:
+		return &sqlConn{c: b}, nil
+	}
+	return nil, nil
+}
+
+func (d sqlDatabase) Postgres(ctx context.Context) bool { return isPostgres(ctx, d.b) }
+
+// sqlConn adapts a *sql.Conn: one Run reserved from a *sql.DB (owned), or
+// the caller's own.
+type sqlConn struct {
+	c     *sql.Conn
+	owned bool
+}
+
+func (c *sqlConn) QueryRow(ctx context.Context, query string, args ...any) Row {
+	return c.c.QueryRowContext(ctx, query, args...)
+}
+
+func (c *sqlConn) BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error) {
+	return beginSQL(ctx, c.c, opts)
+}
+
+// Close returns a reserved connection to the pool. To discard one it makes
+// database/sql close it: a Raw callback that returns driver.ErrBadConn
+// does that. The caller's own *sql.Conn is not closed, only discarded when
+// asked to, which leaves it unusable: better than a session that may still
+// hold a lock.
+func (c *sqlConn) Close(discard bool) error {
+	var err error
+	if discard {
+		_ = c.c.Raw(func(any) error { return driver.ErrBadConn })
+		err = errors.New("txlock: connection closed: a lock on it could not be confirmed released")
+	}
+	if c.owned {
+		if cerr := c.c.Close(); cerr != nil && !discard {
+			err = cerr
+		}
+	}
+	return err
+}
+
+// sqlTx adapts a *sql.Tx.
+type sqlTx struct{ tx *sql.Tx }
+
+func (t sqlTx) QueryRow(ctx context.Context, query string, args ...any) Row {
+	return t.tx.QueryRowContext(ctx, query, args...)
+}
+
+// Commit commits; database/sql's Commit takes the context of BeginTx.
+func (t sqlTx) Commit(context.Context) error { return t.tx.Commit() }
+
+func (t sqlTx) Rollback(context.Context) error { return t.tx.Rollback() }
+
+var errNotSQLTx = fmt.Errorf("%w: the transaction is not a database/sql one", ErrInvalid)

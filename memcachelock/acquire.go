@@ -1,0 +1,311 @@
+package memcachelock
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strconv"
+	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
+
+	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/internal/keyfmt"
+)
+
+// The acquire and wait protocol: how this process's first waiter for a key
+// gets it from memcached. The package documentation describes it as states
+// and transitions; this file is its code.
+
+const (
+	// stealAfter is how long a poller lets a key handed to another process
+	// sit unclaimed (by its own clock, from when it first saw that
+	// hand-off) before it claims the key itself: the process it was handed
+	// to stopped waiting or died. The target polls every few hundred
+	// microseconds.
+	stealAfter = 25 * time.Millisecond
+	// claimWindow bounds a hand-off in the value itself (until): past it,
+	// anyone may claim the key, even a caller that does not wait. It is
+	// generous, as it is compared across machines' clocks.
+	claimWindow = 250 * time.Millisecond
+	// noDeadline is the wait deadline announced by a waiter whose context
+	// has none.
+	noDeadline = 24 * time.Hour
+
+	minPoll = 200 * time.Microsecond
+	maxPoll = 5 * time.Millisecond
+)
+
+// taker is one attempt of this process's head waiter to get a key from
+// memcached.
+type taker struct {
+	l        *Locker
+	mk, name string
+	token    string
+	deadline int64 // when our wait ends, Unix ms, as announced in the queue
+	try      bool  // do not wait
+	degrade  bool  // the caller may carry on without the lock: do not wait out an outage
+
+	owner      string // the holder or hand-off target last seen
+	ownerSince time.Time
+	joined     bool // we appended ourselves to the key's queue
+}
+
+func (l *Locker) newTaker(ctx context.Context, mk, name string, try, degrade bool) *taker {
+	deadline := time.Now().Add(noDeadline)
+	if d, ok := ctx.Deadline(); ok {
+		deadline = d
+	}
+	return &taker{l: l, mk: mk, name: name, token: l.newToken(), deadline: deadline.UnixMilli(), try: try, degrade: degrade}
+}
+
+// take gets the key: add it if it is free; claim it if it was handed to
+// this process (or handed to one that does not claim it); otherwise join
+// its queue and poll until one of those happens, ctx ends, or (with try)
+// at once. While memcached cannot be reached it waits for it to come back,
+// within ctx, unless the caller may carry on without the lock.
+func (t *taker) take(ctx context.Context) (*hold, error) {
+	timer := time.NewTimer(time.Hour)
+	defer timer.Stop()
+	for first := true; ; first = false {
+		if ctx.Err() != nil {
+			return nil, t.waitErr(ctx)
+		}
+		probe, err := t.l.health.enter(ctx, !t.try && !t.degrade)
+		if err != nil {
+			// Down, and either we may not wait, or it was still down
+			// when the wait ended.
+			return nil, downError("acquire", err)
+		}
+		h, wait, err := t.step(first)
+		if errors.Is(err, txlock.ErrLockBusy) {
+			t.l.health.exit(probe, nil) // memcached answered: the key is taken
+		} else {
+			t.l.health.exit(probe, err)
+		}
+		switch {
+		case h != nil:
+			return h, nil
+		case err != nil && unreachable(err) && !t.try && !t.degrade:
+			continue // health now says down: wait there for a probe
+		case err != nil && unreachable(err):
+			return nil, unavailable("acquire", err)
+		case err != nil:
+			return nil, err
+		}
+		if wait == 0 {
+			continue
+		}
+		timer.Reset(wait)
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return nil, t.waitErr(ctx)
+		}
+	}
+}
+
+func (t *taker) waitErr(ctx context.Context) error {
+	return fmt.Errorf("memcachelock: waiting for key %s: %w", keyfmt.Quote(t.name), ctx.Err())
+}
+
+func (t *taker) busy() error {
+	return fmt.Errorf("%w: memcachelock: key %s", txlock.ErrLockBusy, keyfmt.Quote(t.name))
+}
+
+// step makes one move. It returns the hold when the key is ours, or how
+// long to wait before the next step, or an error: a raw memcached error
+// (the caller tells unavailability from the rest), ErrLockBusy for try.
+func (t *taker) step(first bool) (*hold, time.Duration, error) {
+	if first {
+		if h, err := t.add(); h != nil || err != nil {
+			return h, 0, err
+		}
+		if t.try {
+			// Taken. Unless it sits handed to someone who lets it lapse,
+			// that is all a caller who does not wait needs to know.
+			return t.stealLapsed()
+		}
+	}
+	it, err := t.l.get(t.mk)
+	if errors.Is(err, memcache.ErrCacheMiss) {
+		if h, err := t.add(); h != nil || err != nil {
+			return h, 0, err
+		}
+		return nil, minPoll, nil // someone else added it first
+	}
+	if err != nil {
+		return nil, 0, err
+	}
+	now := time.Now()
+	v, ok := parseValue(it.Value)
+	switch {
+	case !ok:
+		// Not a lock value: someone else's data under our key. It blocks
+		// the key until it expires.
+		return nil, maxPoll, nil
+	case v.state == stateHeld && v.owner == t.token:
+		// An add of ours was applied though its answer was lost.
+		return t.l.newHold(t.mk, t.token, v.queue, now.Add(-t.l.cfg.ttl/2)), 0, nil
+	}
+	if v.owner != t.owner {
+		// The steal clock runs from when this hand-off target was first
+		// seen, not from the last change of the item: waiters joining the
+		// queue change the item, and must not keep a key handed to a dead
+		// process stuck.
+		t.owner, t.ownerSince = v.owner, now
+	}
+	if v.state == stateHandoff && (v.owner == t.l.proc || now.UnixMilli() > v.until || now.Sub(t.ownerSince) > stealAfter) {
+		h, err := t.claim(it, v)
+		return h, 0, err
+	}
+	pos, err := t.join(v)
+	if err != nil || pos < 0 {
+		return nil, 0, err
+	}
+	return nil, pollInterval(pos, now.Sub(t.ownerSince)), nil
+}
+
+// join puts this process in the key's queue unless it is there already,
+// and returns its place in line (0 first). append keeps the holder's
+// expiry. A place of -1 means the key vanished meanwhile: try add.
+func (t *taker) join(v lockValue) (int, error) {
+	pos := slices.IndexFunc(v.queue, func(w waiter) bool { return w.proc == t.l.proc })
+	if pos < 0 {
+		err := t.l.append(&memcache.Item{Key: t.mk, Value: []byte(" " + waiter{proc: t.l.proc, deadline: t.deadline}.entry())})
+		if errors.Is(err, memcache.ErrNotStored) {
+			return -1, nil
+		}
+		if err != nil {
+			return 0, err
+		}
+		t.joined = true
+		pos = len(v.queue)
+	}
+	if v.state == stateHandoff {
+		pos++ // the process it was handed to goes first
+	}
+	return pos, nil
+}
+
+// add tries to create the lock. It returns the hold when it did, nothing
+// when the key exists, and the error otherwise.
+func (t *taker) add() (*hold, error) {
+	start := time.Now()
+	err := t.l.add(&memcache.Item{Key: t.mk, Value: heldValue(t.token, nil), Expiration: t.l.expiration()})
+	switch {
+	case err == nil:
+		return t.l.newHold(t.mk, t.token, nil, start), nil
+	case errors.Is(err, memcache.ErrNotStored):
+		return nil, nil
+	case !notSent(err):
+		// The add may have been applied and only its answer lost: undo it
+		// if so, rather than leave a lock nobody releases until its TTL.
+		t.l.expireIfOurs(t.mk, t.token)
+	}
+	return nil, err
+}
+
+// claim takes a key handed to this process, or a hand-off that lapsed, by
+// CAS. A conflict (someone else claimed it, or a waiter joined) means
+// "look again".
+func (t *taker) claim(it *memcache.Item, v lockValue) (*hold, error) {
+	start := time.Now()
+	q := live(v.queue, t.l.proc, start)
+	err := t.l.cas(&memcache.Item{Key: t.mk, Value: heldValue(t.token, q), Expiration: t.l.expiration(), CasID: it.CasID})
+	switch {
+	case err == nil:
+		return t.l.newHold(t.mk, t.token, q, start), nil
+	case errors.Is(err, memcache.ErrCASConflict), errors.Is(err, memcache.ErrNotStored), errors.Is(err, memcache.ErrCacheMiss):
+		return nil, nil
+	}
+	return nil, err
+}
+
+// stealLapsed is what a caller that does not wait does with a taken key:
+// claim it if it sits handed to a process that let the hand-off lapse (a
+// hand-off must not outlive the wait of the one it was handed to), and
+// report it busy otherwise.
+func (t *taker) stealLapsed() (*hold, time.Duration, error) {
+	it, err := t.l.get(t.mk)
+	switch {
+	case errors.Is(err, memcache.ErrCacheMiss):
+		h, err := t.add()
+		if h == nil && err == nil {
+			err = t.busy()
+		}
+		return h, 0, err
+	case err != nil:
+		return nil, 0, err
+	}
+	if v, ok := parseValue(it.Value); ok && v.state == stateHandoff && time.Now().UnixMilli() > v.until {
+		h, err := t.claim(it, v)
+		if h == nil && err == nil {
+			err = t.busy()
+		}
+		return h, 0, err
+	}
+	return nil, 0, t.busy()
+}
+
+// pollInterval is how long a waiter sleeps between two reads of a held key.
+// The first process in the queue polls a fraction of the time the current
+// holder has had the key, from 200 µs (a few loopback round trips) up to
+// 2 ms, so a short hold is noticed at once and a long one costs few reads;
+// later ones poll less often, as their turn is at least one hold away. A
+// ±25% jitter keeps the waiters of several processes from polling in step.
+// No waiter can get ahead by polling faster: a held key goes to the head
+// of the queue, not to whoever reads first.
+func pollInterval(pos int, held time.Duration) time.Duration {
+	var d time.Duration
+	if pos <= 0 {
+		d = min(max(held/4, minPoll), 2*time.Millisecond)
+	} else {
+		d = min(max(held/2, time.Millisecond), maxPoll)
+	}
+	return d*3/4 + rand.N(d/2+1)
+}
+
+// expireIfOurs expires mk if it holds token, best-effort: it cleans up an
+// add whose reply was lost.
+func (l *Locker) expireIfOurs(mk, token string) {
+	it, err := l.get(mk)
+	if err != nil {
+		return
+	}
+	if v, ok := parseValue(it.Value); ok && v.state == stateHeld && v.owner == token {
+		_ = l.cas(&memcache.Item{Key: mk, Value: expiredValue, Expiration: -1, CasID: it.CasID})
+	}
+}
+
+// withdraw passes the key on if it was handed to this process, which has
+// stopped waiting for it, so that the next process need not wait for the
+// hand-off to lapse. Best-effort. Our place in a held lock's queue needs no
+// withdrawing: it carries our deadline, and holders skip waiters whose
+// wait has ended.
+func (l *Locker) withdraw(ctx context.Context, mk string) {
+	for range casRetries {
+		if ctx.Err() != nil {
+			return
+		}
+		it, err := l.get(mk)
+		if err != nil {
+			return
+		}
+		v, ok := parseValue(it.Value)
+		if !ok || v.state != stateHandoff || v.owner != l.proc {
+			return
+		}
+		if err := l.cas(l.handOn(mk, it.CasID, v.queue, false)); !errors.Is(err, memcache.ErrCASConflict) {
+			return
+		}
+	}
+}
+
+// newToken returns an owner token no other hold will ever have: this
+// Locker's random ID and a counter.
+func (l *Locker) newToken() string {
+	return l.proc + "." + strconv.FormatUint(l.tokens.Add(1), 36)
+}
