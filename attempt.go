@@ -212,6 +212,11 @@ func (a *attempt) lockInTx() error {
 // runBody calls the body with the transaction and the body's context.
 func (a *attempt) runBody(fn func(context.Context, Tx) error) error {
 	a.setState(stateBody)
+	for _, f := range a.cfg.faults {
+		if err := f.BodyStarted(a.ctx, a.n); err != nil {
+			a.lose(err, false)
+		}
+	}
 	err := fn(a.ctx, a.tx)
 	a.setState(stateAfter)
 	return err
@@ -259,10 +264,19 @@ func (a *attempt) recordTxID() error {
 	return nil
 }
 
-// commit sends COMMIT and checks its result.
+// commit sends COMMIT and checks its result. Faults injected by txlocktest
+// (see internal/seam) wrap it; one that does not send COMMIT leaves the
+// transaction to be rolled back.
 func (a *attempt) commit() error {
-	a.committed = true
-	err := a.tx.Commit(a.parent)
+	send := func() error {
+		a.committed = true
+		return a.tx.Commit(a.parent)
+	}
+	for _, f := range a.cfg.faults {
+		next := send
+		send = func() error { return f.Commit(a.parent, a.n, next) }
+	}
+	err := send()
 	if err == nil {
 		return nil
 	}
@@ -385,12 +399,20 @@ func (a *attempt) lostCause() error {
 
 // leaseLost is Request.Lost for locker i.
 func (a *attempt) leaseLost(i int, cause error) {
+	// In a guarded run a lock outside the database guards nothing the
+	// database does not: its loss is noted, not acted on.
+	a.lose(cause, a.guarded && !a.dbHeld[i])
+}
+
+// lose records a lease lost during the attempt and, unless harmless,
+// stops the attempt: the body's context is cancelled with the cause, and
+// the attempt is rolled back and run again.
+func (a *attempt) lose(cause error, harmless bool) {
 	if cause == nil {
 		cause = ErrLockLost
 	} else if !errors.Is(cause, ErrLockLost) {
 		cause = fmt.Errorf("%w: %w", ErrLockLost, cause)
 	}
-	harmless := a.guarded && !a.dbHeld[i]
 	a.mu.Lock()
 	if a.state == stateDone {
 		a.mu.Unlock()
@@ -457,6 +479,7 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 			TxOptions: a.cfg.txOptions,
 			TryOnce:   a.cfg.lockWait == 0,
 			Guarded:   a.guarded,
+			Queued:    a.queuedBefore(i),
 			Lost:      func(cause error) { a.leaseLost(i, cause) },
 			Degraded:  a.lockerDegraded,
 		})
@@ -484,6 +507,23 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 	}
 	a.mu.Unlock()
 	return nil
+}
+
+// queuedBefore reports whether a locker listed before locker i, whose
+// leases can expire, holds the keys in this attempt (see Request.Queued):
+// it does unless one of them has carried on without its locks.
+func (a *attempt) queuedBefore(i int) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.degraded != nil {
+		return false
+	}
+	for j := range i {
+		if !a.stable[j] {
+			return true
+		}
+	}
+	return false
 }
 
 // giveBack releases leases an acquire took before it failed. A lease on

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/txlock/txlock/sqladapter"
 )
 
 // How an unknown COMMIT outcome is looked up (see CommitCheck). The
@@ -150,11 +152,13 @@ func isPostgres(ctx context.Context, b Beginner) bool {
 	if v {
 		var yes bool
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		v = q.QueryRowContext(pctx, probeQuery).Scan(&yes) == nil && yes
+		err := q.QueryRowContext(pctx, probeQuery).Scan(&yes)
+		timedOut := pctx.Err() != nil
 		cancel()
-		if pctx.Err() != nil {
-			return false // do not cache a timeout
+		if err != nil && (timedOut || sqladapter.IsConnError(err)) {
+			return false // no answer: ask again next time
 		}
+		v = err == nil && yes
 	}
 	postgresCache.Lock()
 	if postgresCache.m == nil {

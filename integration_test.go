@@ -279,15 +279,7 @@ func TestTerminatedBackendIsRetried(t *testing.T) {
 			return err
 		}
 		if txlock.Attempt(ctx) == 1 {
-			var pid int
-			if err := tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
-				return err
-			}
-			if _, err := db.ExecContext(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
-				return err
-			}
-			_, err := tx.ExecContext(ctx, "SELECT 1")
-			return err
+			return terminateOwnBackend(ctx, db, tx)
 		}
 		return nil
 	}, fastRetry)
@@ -310,6 +302,21 @@ func TestTerminatedBackendIsRetried(t *testing.T) {
 	if len(ids) != 1 || ids[0] != 2 {
 		t.Fatalf("rows = %v, want only the second attempt's [2]", ids)
 	}
+}
+
+// terminateOwnBackend has the body's backend terminated from another
+// connection, then runs a statement on it: the error a body sees when its
+// session dies under it.
+func terminateOwnBackend(ctx context.Context, db *sql.DB, tx *sql.Tx) error {
+	var pid int
+	if err := tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return err
+	}
+	if _, err := db.ExecContext(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+		return err
+	}
+	_, err := tx.ExecContext(ctx, "SELECT 1")
+	return err
 }
 
 // TestStatementTimeoutIsNotRetried: a statement that times out (57014) is
@@ -343,5 +350,75 @@ func TestStatementTimeoutIsNotRetried(t *testing.T) {
 	}
 	if n != 0 {
 		t.Fatalf("%d rows committed by a failed Run", n)
+	}
+}
+
+// sessionLocker takes its "locks" on the connection before BEGIN (stage
+// OnConn), as advisorylock does at REPEATABLE READ, and remembers which
+// backend it ran on. Its Release fails when told to.
+type sessionLocker struct {
+	pid        atomic.Int64
+	releaseErr error
+}
+
+func (*sessionLocker) Traits(*sql.TxOptions) txlock.Traits {
+	return txlock.Traits{Stage: txlock.OnConn, Stable: true}
+}
+
+func (l *sessionLocker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease, error) {
+	var pid int64
+	if err := req.Conn.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		return nil, err
+	}
+	l.pid.Store(pid)
+	return sessionLease{l}, nil
+}
+
+type sessionLease struct{ l *sessionLocker }
+
+func (sessionLease) Verify(context.Context) error    { return nil }
+func (s sessionLease) Release(context.Context) error { return s.l.releaseErr }
+
+// TestConnectionWithAnUnconfirmedReleaseIsClosed: a lock that lives on the
+// session and cannot be confirmed released must not go back to the pool
+// with the session: Run closes the connection, which ends the session and
+// every lock it holds. A confirmed release keeps the connection pooled.
+func TestConnectionWithAnUnconfirmedReleaseIsClosed(t *testing.T) {
+	db := testenv.Postgres(t)
+	alive := func(pid int64) bool {
+		var n int
+		if err := db.QueryRow("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	for _, tc := range []struct {
+		name       string
+		releaseErr error
+		wantAlive  bool
+	}{
+		{"release confirmed", nil, true},
+		{"release failed", errors.New("unlock: connection state unknown"), false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			l := &sessionLocker{releaseErr: tc.releaseErr}
+			var bodyPID int64
+			err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+				return tx.QueryRowContext(ctx, "SELECT pg_backend_pid()").Scan(&bodyPID)
+			}, txlock.WithLocker(l))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if bodyPID != l.pid.Load() {
+				t.Fatalf("the lock was taken on backend %d, the transaction ran on %d", l.pid.Load(), bodyPID)
+			}
+			deadline := time.Now().Add(5 * time.Second)
+			for alive(bodyPID) != tc.wantAlive && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if got := alive(bodyPID); got != tc.wantAlive {
+				t.Fatalf("backend alive after Run = %v, want %v", got, tc.wantAlive)
+			}
+		})
 	}
 }

@@ -112,7 +112,7 @@
 //
 // A restart or a network blip is waited out. While memcached does not
 // answer, one caller of the Locker at a time probes it, after a backoff
-// with jitter (10 ms doubling to 500 ms); the other Runs of the process
+// with jitter (10 ms doubling to 100 ms); the other Runs of the process
 // wait for that probe's outcome instead of all dialing, and none of them
 // holds a database connection. Only a memcached still down when the lock
 // wait (txlock.WithLockWait) or the context ends is an error, wrapping

@@ -27,11 +27,12 @@ type health struct {
 }
 
 // Probe backoff: from probeBase, doubling, to probeMax, each jittered
-// between half and all of it. A memcached restart of a few hundred
-// milliseconds is noticed within a probe or two of its end.
+// between half and all of it: one dial per Locker every 100 ms at most
+// while memcached is down, and a restart is noticed within 100 ms of its
+// end.
 const (
 	probeBase = 10 * time.Millisecond
-	probeMax  = 500 * time.Millisecond
+	probeMax  = 100 * time.Millisecond
 )
 
 // errDown is returned by enter to a caller that may not wait.

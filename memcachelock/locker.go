@@ -114,9 +114,8 @@ func WithPrefix(p string) Option {
 
 // WithFailOpen makes an unreachable memcached not an error: Acquire carries
 // on at once without the memcached lock, holding only this process's
-// in-memory lock, and logs a warning through logger (slog.Default() if
-// nil; at most one every ten seconds, with a count of those it left out);
-// Run reports it in Event.Degraded.
+// in-memory lock, and logs a warning (see WithLogger; a non-nil logger here
+// is the same as WithLogger(logger)); Run reports it in Event.Degraded.
 //
 // This is only safe where the database itself guards correctness
 // (SERIALIZABLE, a constraint, with txlock.Run's retries): the lock then
@@ -132,6 +131,18 @@ func WithFailOpen(logger *slog.Logger) Option {
 		if logger != nil {
 			c.log = logger
 		}
+		return nil
+	}
+}
+
+// WithLogger sets where the Locker's warnings go: carrying on without
+// memcached (fail-open, or a run guarded by a lock held in the database),
+// at most one every ten seconds, with a count of those left out. The
+// default is slog.Default() at the time of the warning. Key values are
+// never logged. A nil logger means the default.
+func WithLogger(logger *slog.Logger) Option {
+	return func(c *config) error {
+		c.log = logger
 		return nil
 	}
 }

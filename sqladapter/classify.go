@@ -127,12 +127,15 @@ func (c Classifier) Classify(err error, phase Phase) Class {
 		}
 		return Permanent
 	}
-	// SafeToRetry (pgx) promises that nothing was sent, so not even a
-	// COMMIT: the server rolls the transaction back with the connection.
-	if safeToRetry(err) || (phase == InTx && errors.Is(err, driver.ErrBadConn)) {
-		return Retryable
-	}
-	if IsConnError(err) {
+	// Before COMMIT a lost connection is a retry whatever was sent: the
+	// server rolls the transaction back with the session. At COMMIT,
+	// pgx's SafeToRetry cannot be trusted: a connection that breaks while
+	// COMMIT's answer is being read comes back as a SafeToRetry "conn
+	// closed" (pgconn notes the read error, closes the connection, and
+	// reports the next read on it as a lock error), though COMMIT was sent
+	// and may have been applied. So at COMMIT it is a connection error
+	// like any other: ambiguous.
+	if safeToRetry(err) || IsConnError(err) {
 		return connLost(phase)
 	}
 	return Permanent

@@ -74,7 +74,7 @@ func TestClassify(t *testing.T) {
 		{"bad conn in tx", driver.ErrBadConn, sqladapter.InTx, sqladapter.Retryable},
 		{"bad conn at commit", driver.ErrBadConn, sqladapter.AtCommit, sqladapter.Ambiguous},
 		{"safe to retry in tx", safeErr{}, sqladapter.InTx, sqladapter.Retryable},
-		{"safe to retry at commit", safeErr{}, sqladapter.AtCommit, sqladapter.Retryable},
+		{"safe to retry at commit", safeErr{}, sqladapter.AtCommit, sqladapter.Ambiguous},
 		{"EOF in tx", io.ErrUnexpectedEOF, sqladapter.InTx, sqladapter.Retryable},
 		{"EOF at commit", fmt.Errorf("commit: %w", io.ErrUnexpectedEOF), sqladapter.AtCommit, sqladapter.Ambiguous},
 		{"net error at commit", netErr, sqladapter.AtCommit, sqladapter.Ambiguous},

@@ -13,8 +13,11 @@
 //     connection that broke or that the driver marks safe to retry
 //     (driver.ErrBadConn, pgconn's SafeToRetry, class 08, a terminated backend).
 //   - [Ambiguous]: COMMIT was sent but its outcome is unknown: 40003, 08007,
-//     or a connection or I/O error while COMMIT was in flight. Running the
-//     transaction again could apply it twice, so it must not be retried.
+//     or a connection or I/O error while COMMIT was in flight, pgconn's
+//     SafeToRetry errors included (pgx reports a connection that broke while
+//     it read COMMIT's answer as a SafeToRetry "conn closed"). Running the
+//     transaction again could apply it twice, so it must not be retried
+//     blindly: txlock looks the transaction up first.
 //   - [Permanent]: everything else, including every error the application
 //     itself returns.
 //

@@ -36,11 +36,12 @@ CREATE TABLE bench_names (
 CREATE INDEX bench_names_name ON bench_names (name, expires_at);`
 
 type benchEnv struct {
-	dbURL  string // with search_path set to the private schema
-	admin  *sql.DB
-	schema string
-	mcAddr string
-	mcCmd  *exec.Cmd
+	dbURL    string // with search_path set to the private schema
+	admin    *sql.DB
+	schema   string
+	mcAddr   string
+	mcCmd    *exec.Cmd
+	mcExited chan struct{}
 }
 
 func setup(ctx context.Context, o options) (*benchEnv, error) {
@@ -100,10 +101,7 @@ func (e *benchEnv) truncate(ctx context.Context) error {
 }
 
 func (e *benchEnv) Close() {
-	if e.mcCmd != nil {
-		_ = e.mcCmd.Process.Kill()
-		_ = e.mcCmd.Wait()
-	}
+	e.killMemcached()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	_, _ = e.admin.ExecContext(ctx, "DROP SCHEMA IF EXISTS "+e.schema+" CASCADE")
@@ -111,35 +109,62 @@ func (e *benchEnv) Close() {
 }
 
 func (e *benchEnv) startMemcached() error {
-	bin, err := exec.LookPath("memcached")
-	if err != nil {
-		bin = "/usr/bin/memcached"
-	}
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
 	port := l.Addr().(*net.TCPAddr).Port
 	l.Close()
-	args := []string{"-l", "127.0.0.1", "-p", strconv.Itoa(port), "-U", "0", "-m", "64", "-c", "4096", "-t", "2"}
+	e.mcAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+	return e.runMemcached()
+}
+
+// runMemcached starts memcached on e.mcAddr (again, after killMemcached)
+// and waits until it accepts connections.
+func (e *benchEnv) runMemcached() error {
+	bin, err := exec.LookPath("memcached")
+	if err != nil {
+		bin = "/usr/bin/memcached"
+	}
+	_, port, _ := net.SplitHostPort(e.mcAddr)
+	args := []string{"-l", "127.0.0.1", "-p", port, "-U", "0", "-m", "64", "-c", "4096", "-t", "2"}
 	if os.Geteuid() == 0 {
 		args = append(args, "-u", "root")
 	}
-	cmd := exec.Command(bin, args...)
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return fmt.Errorf("start memcached (apt-get install -y memcached): %w", err)
-	}
-	e.mcCmd = cmd
-	e.mcAddr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
-	for i := 0; i < 200; i++ {
-		if c, err := net.DialTimeout("tcp", e.mcAddr, 100*time.Millisecond); err == nil {
-			c.Close()
-			return nil
+	for try := 0; try < 50; try++ {
+		cmd := exec.Command(bin, args...)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+		if err := cmd.Start(); err != nil {
+			return fmt.Errorf("start memcached (apt-get install -y memcached): %w", err)
 		}
-		time.Sleep(10 * time.Millisecond)
+		exited := make(chan struct{})
+		go func() { _ = cmd.Wait(); close(exited) }()
+		for i := 0; i < 200; i++ {
+			if c, err := net.DialTimeout("tcp", e.mcAddr, 100*time.Millisecond); err == nil {
+				c.Close()
+				e.mcCmd, e.mcExited = cmd, exited
+				return nil
+			}
+			select {
+			case <-exited:
+				i = 200 // the port is not free yet after a kill: start again
+			case <-time.After(10 * time.Millisecond):
+			}
+		}
+		_ = cmd.Process.Kill()
+		<-exited
 	}
 	return errors.New("memcached did not start")
+}
+
+// killMemcached kills memcached with SIGKILL, losing every key.
+func (e *benchEnv) killMemcached() {
+	if e.mcCmd == nil {
+		return
+	}
+	_ = e.mcCmd.Process.Kill()
+	<-e.mcExited
+	e.mcCmd = nil
 }
 
 // mcOps returns memcached's count of commands served so far: gets, stores
@@ -189,6 +214,10 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 		return []txlock.Option{txlock.WithLocker(&addPollLocker{mc: mc()})}, nil
 	case "local":
 		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker())}, nil
+	case "local+commitcheck":
+		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker()), txlock.WithCommitCheck(txlock.CommitCheckAlways)}, nil
+	case "advisory-rr":
+		return []txlock.Option{txlock.WithLocker(advisorylock.New()), txlock.WithTxOptions(&sql.TxOptions{Isolation: sql.LevelRepeatableRead})}, nil
 	case "memcached":
 		return []txlock.Option{txlock.WithLocker(memcachelock.New(mc()))}, nil
 	case "advisory":

@@ -55,6 +55,9 @@ func main() {
 	if os.Getenv(childEnv) != "" {
 		os.Exit(childMain())
 	}
+	if os.Getenv(faultWorkerEnv) != "" {
+		os.Exit(faultWorkerMain())
+	}
 	var o options
 	defDB := os.Getenv("TXLOCK_TEST_DATABASE_URL")
 	if defDB == "" {
@@ -62,7 +65,7 @@ func main() {
 	}
 	flag.StringVar(&o.db, "db", defDB, "Postgres URL")
 	flag.StringVar(&o.memcached, "memcached", "", "memcached server (default: start a private one on a free loopback port)")
-	flag.StringVar(&o.scenario, "scenario", "all", "uncontended | hot | pool | all")
+	flag.StringVar(&o.scenario, "scenario", "all", "uncontended | hot | pool | faults | serve | all (all but faults and serve)")
 	flag.DurationVar(&o.duration, "d", 8*time.Second, "measuring time per row")
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
@@ -94,6 +97,10 @@ func run(ctx context.Context, o options) error {
 		return hot(ctx, env, o)
 	case "pool":
 		return pool(ctx, env, o)
+	case "faults":
+		return faultsScenario(ctx, env, o)
+	case "serve":
+		return serveScenario(ctx, env, o)
 	case "all":
 		for _, f := range []func(context.Context, *benchEnv, options) error{uncontended, hot, pool} {
 			if err := f(ctx, env, o); err != nil {

@@ -42,6 +42,7 @@ import (
 	"time"
 
 	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/migrations"
 )
 
 // Timeouts of the HTTP server and of each reservation's lock wait. The lock
@@ -182,6 +183,12 @@ func (e *Env) Server(c Config, log *slog.Logger, opts ...txlock.Option) *Server 
 	}
 	if level := isolationLevels[c.Isolation]; level != sql.LevelDefault {
 		runOpts = append(runOpts, txlock.WithTxOptions(&sql.TxOptions{Isolation: level}))
+	}
+	if e.DB.Dialect == migrations.Postgres {
+		// A reservation's answer must say whether it was stored: look up
+		// every COMMIT that fails in flight, not only those after a fault
+		// this process saw (the default), at one round trip per request.
+		runOpts = append(runOpts, txlock.WithCommitCheck(txlock.CommitCheckAlways))
 	}
 	return &Server{
 		DB:         e.DB.DB,
