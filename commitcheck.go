@@ -171,15 +171,46 @@ func isPostgres(ctx context.Context, b Beginner) bool {
 	return v
 }
 
-func knownNotPostgres(drv any) bool {
+// Database systems by driver package, as OpenTelemetry's db.system.name
+// names them.
+var systems = []struct{ pkg, system string }{
+	{"github.com/jackc/pgx", "postgresql"},
+	{"github.com/lib/pq", "postgresql"},
+	{"modernc.org/sqlite", "sqlite"},
+	{"github.com/mattn/go-sqlite3", "sqlite"},
+	{"github.com/go-sql-driver/mysql", "mysql"},
+	{"github.com/microsoft/go-mssqldb", "microsoft.sql_server"},
+	{"github.com/denisenkom/go-mssqldb", "microsoft.sql_server"},
+	{"github.com/sijms/go-ora", "oracle.db"},
+}
+
+// systemOfDriver names the system of a driver or driver connection, or "".
+func systemOfDriver(drv any) string {
+	pkg := driverPackage(drv)
+	for _, s := range systems {
+		if pkg == s.pkg || strings.HasPrefix(pkg, s.pkg+"/") {
+			return s.system
+		}
+	}
+	return ""
+}
+
+func driverPackage(drv any) string {
 	if drv == nil {
-		return false
+		return ""
 	}
 	t := reflect.TypeOf(drv)
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
-	pkg := t.PkgPath()
+	return t.PkgPath()
+}
+
+func knownNotPostgres(drv any) bool {
+	pkg := driverPackage(drv)
+	if pkg == "" {
+		return false
+	}
 	for _, p := range notPostgres {
 		if pkg == p || strings.HasPrefix(pkg, p+"/") {
 			return true

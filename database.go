@@ -23,11 +23,23 @@ type Database interface {
 	// transaction instead.
 	Conn(ctx context.Context) (Conn, error)
 
+	// A Database may also have a System() string method naming its
+	// system as OpenTelemetry does ("postgresql"), for RunInfo.System.
+
 	// Postgres reports whether the database is PostgreSQL 10 or later,
 	// whose transactions Run can look up by id when the outcome of a
 	// COMMIT is unknown (see CommitCheck). It is called only when such a
 	// lookup may be needed, and may cache its answer.
 	Postgres(ctx context.Context) bool
+}
+
+// systemOf names db's system for observers: a Database may say it with a
+// System() string method; otherwise "".
+func systemOf(db Database) string {
+	if s, ok := db.(interface{ System() string }); ok {
+		return s.System()
+	}
+	return ""
 }
 
 // Conn is one database connection that Run holds for an attempt.
@@ -85,6 +97,18 @@ func (d sqlDatabase) Conn(ctx context.Context) (Conn, error) {
 }
 
 func (d sqlDatabase) Postgres(ctx context.Context) bool { return isPostgres(ctx, d.b) }
+
+// System names the database from its driver's package, for observers.
+func (d sqlDatabase) System() string {
+	var drv any
+	switch b := d.b.(type) {
+	case *sql.DB:
+		drv = b.Driver()
+	case *sql.Conn:
+		_ = b.Raw(func(dc any) error { drv = dc; return nil })
+	}
+	return systemOfDriver(drv)
+}
 
 // sqlConn adapts a *sql.Conn: one Run reserved from a *sql.DB (owned), or
 // the caller's own.

@@ -43,6 +43,10 @@ type RunInfo struct {
 	// MaxAttempts and LockWait are the run's limits.
 	MaxAttempts int
 	LockWait    time.Duration
+	// System names the database as OpenTelemetry's db.system.name does
+	// ("postgresql", "sqlite", "mysql", ...), told from the driver, or ""
+	// when it cannot be told. See Database.
+	System string
 }
 
 // RunResult is what a Run came to.

@@ -129,7 +129,7 @@ func (r *run) do(ctx context.Context) (err error) {
 	res := RunResult{Panicked: true} // until Run returns normally
 	if len(r.obs) > 0 {
 		r.info = RunInfo{Keys: len(r.keys), Lockers: r.cfg.lockers, TxOptions: r.cfg.txOptions,
-			MaxAttempts: r.cfg.maxAttempts, LockWait: r.cfg.lockWait}
+			MaxAttempts: r.cfg.maxAttempts, LockWait: r.cfg.lockWait, System: systemOf(r.db)}
 		start := time.Now()
 		ctx = r.obs.runStart(ctx, r.info)
 		defer func() {
