@@ -449,8 +449,8 @@ var errWaitExpired = errors.New("txlock: lock wait expired")
 
 // acquire takes keys in lockers [from, to) at stage st, with conn for the
 // lockers that work in the database, all within one wait deadline, and
-// adds the leases to the attempt. On error it gives back what it took and
-// returns the error as Run reports it. If the attempt ended while it waited
+// adds the leases to the attempt. On error (or a Locker's panic) it gives
+// back what it took and returns the error as Run reports it. If the attempt ended while it waited
 // (a body that called Lock from a goroutine it did not wait for), it gives
 // the locks back and returns ErrNotInRun.
 func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Querier, keys []string, waitUntil time.Time) error {
@@ -469,7 +469,37 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 		wctx, cancel = context.WithDeadlineCause(ctx, waitUntil, errWaitExpired)
 		defer cancel()
 	}
+	taken, err := a.take(wctx, from, to, st, conn, keys)
+	if err != nil {
+		return a.acquireError(wctx, keys, err)
+	}
+	a.mu.Lock()
+	if a.state >= stateAfter {
+		a.mu.Unlock()
+		a.giveBack(taken, len(keys))
+		return ErrNotInRun
+	}
+	a.leases = append(a.leases, taken...)
+	if a.held == nil {
+		a.held = make(map[string]struct{}, len(keys))
+	}
+	for _, k := range keys {
+		a.held[k] = struct{}{}
+	}
+	a.mu.Unlock()
+	return nil
+}
+
+// take calls Acquire on lockers [from, to) in order. If one fails, or
+// panics, it gives back what the others took.
+func (a *attempt) take(wctx context.Context, from, to int, st Stage, conn Querier, keys []string) ([]heldLease, error) {
 	taken := make([]heldLease, 0, to-from)
+	done := false
+	defer func() {
+		if !done {
+			a.giveBack(taken, len(keys))
+		}
+	}()
 	for i := from; i < to; i++ {
 		l := a.cfg.lockers[i]
 		lease, err := l.Acquire(wctx, Request{
@@ -487,26 +517,12 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 			err = fmt.Errorf("txlock: %T.Acquire returned a nil Lease and no error", l)
 		}
 		if err != nil {
-			a.giveBack(taken, len(keys))
-			return a.acquireError(wctx, keys, err)
+			return nil, err
 		}
 		taken = append(taken, heldLease{lease: lease, locker: i, stage: st})
 	}
-	a.mu.Lock()
-	if a.state >= stateAfter {
-		a.mu.Unlock()
-		a.giveBack(taken, len(keys))
-		return ErrNotInRun
-	}
-	a.leases = append(a.leases, taken...)
-	if a.held == nil {
-		a.held = make(map[string]struct{}, len(keys))
-	}
-	for _, k := range keys {
-		a.held[k] = struct{}{}
-	}
-	a.mu.Unlock()
-	return nil
+	done = true
+	return taken, nil
 }
 
 // queuedBefore reports whether a locker listed before locker i, whose

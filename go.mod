@@ -7,6 +7,7 @@ require (
 	github.com/bradfitz/gomemcache v0.0.0-20260422231931-4d751bb6e37c
 	github.com/jackc/pgx/v5 v5.12.0
 	github.com/pressly/goose/v3 v3.26.0
+	go.uber.org/goleak v1.3.0
 	golang.org/x/text v0.41.0
 	modernc.org/sqlite v1.44.0
 )

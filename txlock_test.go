@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -21,7 +20,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/txlock/txlock"
-	"github.com/txlock/txlock/internal/leakcheck"
+	"github.com/txlock/txlock/internal/testenv"
 	"github.com/txlock/txlock/retry"
 	"github.com/txlock/txlock/sqladapter"
 )
@@ -958,8 +957,8 @@ func TestAnyKeyIsValid(t *testing.T) {
 }
 
 func TestNoGoroutineLeak(t *testing.T) {
+	testenv.CheckLeaks(t)
 	db, mock := newMock(t)
-	before := runtime.NumGoroutine()
 	for i := 0; i < 20; i++ {
 		mock.ExpectBegin()
 		mock.ExpectExec("INSERT").WillReturnError(pgErr("40001"))
@@ -969,7 +968,6 @@ func TestNoGoroutineLeak(t *testing.T) {
 	for i := 0; i < 10; i++ {
 		_ = txlock.Run(context.Background(), db, []string{"k"}, insert, noWait, txlock.WithMaxAttempts(2), txlock.WithLocker(local))
 	}
-	leakcheck.Settle(t, before)
 }
 
 // liar claims its leases cannot be lost, then reports one lost anyway.

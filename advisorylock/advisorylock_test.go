@@ -17,7 +17,6 @@ import (
 
 	"github.com/txlock/txlock"
 	"github.com/txlock/txlock/advisorylock"
-	"github.com/txlock/txlock/internal/leakcheck"
 	"github.com/txlock/txlock/internal/testenv"
 	"github.com/txlock/txlock/sqladapter"
 )
@@ -88,7 +87,7 @@ func TestWaitSucceedsWhenReleased(t *testing.T) {
 }
 
 func TestCancelWhileWaiting(t *testing.T) {
-	leakcheck.Check(t) // first, so it runs after the pool is closed
+	testenv.CheckLeaks(t) // first, so it runs after the pool is closed
 	db := testenv.Postgres(t)
 	l := advisorylock.New(advisorylock.WithNamespace(t.Name()))
 	holdInOtherTx(t, db, l, "k")

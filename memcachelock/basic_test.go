@@ -9,12 +9,11 @@ import (
 	"time"
 
 	"github.com/txlock/txlock"
-	"github.com/txlock/txlock/internal/leakcheck"
 	"github.com/txlock/txlock/internal/testenv"
 )
 
 func TestUncontendedRunRoundTrips(t *testing.T) {
-	leakcheck.Check(t)
+	testenv.CheckLeaks(t)
 	m := testenv.StartMemcached(t)
 	var cnt counter
 	l := newLocker(t, client(&cnt, m.Addr()))
@@ -46,7 +45,7 @@ func TestUncontendedRunRoundTrips(t *testing.T) {
 }
 
 func TestExclusionAcrossLockers(t *testing.T) {
-	leakcheck.Check(t)
+	testenv.CheckLeaks(t)
 	m := testenv.StartMemcached(t)
 	db := counterDB(t)
 	// Two Lockers with their own clients behave as two processes.
@@ -85,7 +84,7 @@ func TestExclusionAcrossLockers(t *testing.T) {
 }
 
 func TestTryOnceAndCancel(t *testing.T) {
-	leakcheck.Check(t)
+	testenv.CheckLeaks(t)
 	_, c := startMemcached(t)
 	a, b := newLocker(t, c), newLocker(t, c)
 	ctx := context.Background()

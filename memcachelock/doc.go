@@ -83,6 +83,9 @@
 //
 // # Limits
 //
+// A run may lock at most DefaultMaxKeys (1000) keys (WithMaxKeys): each
+// costs round trips to take, refresh and release.
+//
 // A memcached lock is soft, and nothing may rest on it alone:
 //
 //   - memcached may evict the item under memory pressure, and a restart or

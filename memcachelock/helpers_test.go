@@ -1,61 +1,28 @@
 package memcachelock
 
 import (
-	"bytes"
 	"context"
 	"database/sql"
-	"fmt"
 	"net"
 	"os"
-	"runtime"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
+	"go.uber.org/goleak"
 
 	"github.com/txlock/txlock"
 	"github.com/txlock/txlock/internal/testenv"
 )
 
-// TestMain checks, after every test, that the package left no goroutine of
-// its own behind (refreshers, pollers, GetMulti workers).
+// TestMain checks, after every test, that the package left no goroutine
+// behind (refreshers, pollers, release workers).
 func TestMain(m *testing.M) {
 	if os.Getenv(helperEnv) != "" {
 		os.Exit(helperMain())
 	}
-	code := m.Run()
-	if code == 0 {
-		if stacks := settle(10 * time.Second); stacks != "" {
-			fmt.Fprintf(os.Stderr, "goroutines of memcachelock still running after all tests:\n%s\n", stacks)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// ours returns the stacks of goroutines running this package's code, if any,
-// after waiting up to d for them to end.
-func settle(d time.Duration) string {
-	deadline := time.Now().Add(d)
-	for {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		var found []string
-		for _, g := range bytes.Split(buf, []byte("\n\n")) {
-			s := string(g)
-			if strings.Contains(s, "txlock/memcachelock.") && !strings.Contains(s, "memcachelock.Test") &&
-				!strings.Contains(s, "memcachelock.Benchmark") && !strings.Contains(s, "memcachelock.settle") &&
-				!strings.Contains(s, "memcachelock.TestMain") {
-				found = append(found, s)
-			}
-		}
-		if len(found) == 0 || time.Now().After(deadline) {
-			return strings.Join(found, "\n\n")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	goleak.VerifyTestMain(m)
 }
 
 // checkIdle fails t unless l holds nothing: no key in its local queue and no

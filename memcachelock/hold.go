@@ -24,6 +24,8 @@ const (
 	// did not answer, rather than a whole interval later, when the lease
 	// may already have run out.
 	refreshRetry = 100 * time.Millisecond
+	// maxRefreshes bounds the refreshes of one Locker in flight at once.
+	maxRefreshes = 16
 	// casRetries bounds the read-CAS loops that race with waiters
 	// appending to the lock's value.
 	casRetries = 8
@@ -137,6 +139,14 @@ func (h *hold) observe(it *memcache.Item) error {
 func (h *hold) tick() {
 	h.ticking.Lock()
 	defer h.ticking.Unlock()
+	if h.isStopped() {
+		return
+	}
+	// Holds taken together come due together: bound the refreshes in
+	// flight, so that a run over many keys does not open a connection
+	// for each at once.
+	h.l.refresh <- struct{}{}
+	defer func() { <-h.l.refresh }()
 	if h.isStopped() {
 		return
 	}

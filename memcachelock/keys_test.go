@@ -11,7 +11,7 @@ import (
 	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/txlock/txlock"
-	"github.com/txlock/txlock/internal/leakcheck"
+	"github.com/txlock/txlock/internal/testenv"
 )
 
 func TestMemKey(t *testing.T) {
@@ -44,7 +44,7 @@ func TestMemKey(t *testing.T) {
 }
 
 func TestHostileKeys(t *testing.T) {
-	leakcheck.Check(t)
+	testenv.CheckLeaks(t)
 	m, c := startMemcached(t)
 	a, b := newLocker(t, c), newLocker(t, client(nil, m.Addr()))
 	ctx := context.Background()
@@ -87,7 +87,7 @@ func TestHostileKeys(t *testing.T) {
 }
 
 func TestBadConfiguration(t *testing.T) {
-	leakcheck.Check(t)
+	testenv.CheckLeaks(t)
 	_, c := startMemcached(t)
 	ctx := context.Background()
 	bad := map[string]*Locker{
@@ -101,6 +101,7 @@ func TestBadConfiguration(t *testing.T) {
 		"prefix too long":  New(c, WithPrefix(strings.Repeat("p", 207))),
 		"nil client":       New(nil),
 		"handoff limit 0":  New(c, WithHandoffLimit(0)),
+		"max keys 0":       New(c, WithMaxKeys(0)),
 		"bad then good":    New(c, WithTTL(0), WithTTL(time.Minute)),
 		"nil option first": New(nil, nil),
 	}

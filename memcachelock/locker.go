@@ -36,6 +36,10 @@ const (
 	// DefaultHandoffLimit is how many times in a row a process may hand a
 	// key on to its own next waiter while other processes wait for it.
 	DefaultHandoffLimit = 8
+	// DefaultMaxKeys is how many keys one Acquire may lock unless
+	// WithMaxKeys says otherwise. Every key costs round trips to take,
+	// refresh and release; a run over more is refused before it takes any.
+	DefaultMaxKeys = 1000
 	// MaxIdleConns is what New sets the client's MaxIdleConns to when the
 	// caller left it 0. gomemcache's own default of 2 closes and redials
 	// connections as soon as more than two calls overlap.
@@ -47,14 +51,15 @@ const (
 // process and client, and share it: its Runs queue in the process, and it
 // is one process in the queues kept in memcached.
 type Locker struct {
-	c      *memcache.Client
-	cfg    config
-	proc   string              // this Locker's ID in the queues of other processes
-	local  keyqueue.Map[*hold] // this process's Runs, per memcached key
-	health health              // memcached's availability
-	tokens atomic.Uint64       // owner tokens issued
-	live   atomic.Int64        // holds with a running refresher, for leak checks
-	warned struct {
+	c       *memcache.Client
+	cfg     config
+	proc    string              // this Locker's ID in the queues of other processes
+	local   keyqueue.Map[*hold] // this process's Runs, per memcached key
+	health  health              // memcached's availability
+	tokens  atomic.Uint64       // owner tokens issued
+	refresh chan struct{}       // one slot per refresh that may run at once
+	live    atomic.Int64        // holds with a running refresher, for leak checks
+	warned  struct {
 		sync.Mutex
 		at time.Time
 		n  int
@@ -67,6 +72,7 @@ type config struct {
 	failOpen     bool
 	log          *slog.Logger // for warnings; nil: slog.Default() at the time
 	handoffLimit int
+	maxKeys      int
 	err          error // the first bad option, reported by Check and Acquire
 }
 
@@ -147,6 +153,19 @@ func WithLogger(logger *slog.Logger) Option {
 	}
 }
 
+// WithMaxKeys sets how many keys one Acquire may lock (DefaultMaxKeys,
+// 1000, by default); more is an error wrapping txlock.ErrInvalid, before
+// any lock is taken. n must be at least 1.
+func WithMaxKeys(n int) Option {
+	return func(c *config) error {
+		if n < 1 {
+			return invalid("WithMaxKeys(%d): want at least 1", n)
+		}
+		c.maxKeys = n
+		return nil
+	}
+}
+
 // WithHandoffLimit sets how many times in a row this process may pass a
 // key from one of its Runs to the next without going through memcached while
 // other processes are queued for it (DefaultHandoffLimit). A local hand-off
@@ -180,7 +199,7 @@ func WithHandoffLimit(n int) Option {
 // c may list several servers (memcache.New(a, b, c)); see the package
 // documentation for what a change of that list means.
 func New(c *memcache.Client, opts ...Option) *Locker {
-	cfg := config{ttl: DefaultTTL, prefix: DefaultPrefix, handoffLimit: DefaultHandoffLimit}
+	cfg := config{ttl: DefaultTTL, prefix: DefaultPrefix, handoffLimit: DefaultHandoffLimit, maxKeys: DefaultMaxKeys}
 	for _, o := range opts {
 		if o == nil {
 			continue
@@ -194,7 +213,7 @@ func New(c *memcache.Client, opts ...Option) *Locker {
 	} else if c != nil && c.MaxIdleConns == 0 {
 		c.MaxIdleConns = MaxIdleConns
 	}
-	return &Locker{c: c, cfg: cfg, proc: randomID(8)}
+	return &Locker{c: c, cfg: cfg, proc: randomID(8), refresh: make(chan struct{}, maxRefreshes)}
 }
 
 // Check reports a bad configuration (an error wrapping txlock.ErrInvalid)
@@ -251,6 +270,8 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 		return nil, l.cfg.err
 	case len(req.Keys) == 0:
 		return nil, invalid("no keys")
+	case len(req.Keys) > l.cfg.maxKeys:
+		return nil, invalid("%d keys in one run, at most %d (WithMaxKeys)", len(req.Keys), l.cfg.maxKeys)
 	}
 	degrade := req.Guarded || l.cfg.failOpen
 	ls := &lease{l: l, lost: req.Lost, keys: make([]held, 0, len(req.Keys))}

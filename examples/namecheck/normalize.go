@@ -34,17 +34,24 @@ var ErrBadName = errors.New("bad name")
 // not: it maps some Cherokee letters to the other case and back. A test
 // checks every rune of the first three Unicode planes.)
 //
-// It rejects an empty name, a name longer than MaxNameLen characters and a
+// Every run of white space inside a name (spaces, no-break spaces, the
+// other Unicode space separators) becomes one ASCII space, so "a b",
+// "a\u00a0b" and "a  b", which look alike, are one name.
+//
+// It rejects an empty name, a name longer than MaxNameLen characters, a
 // name holding control or other invisible characters (tabs, newlines, NUL,
 // format characters other than the zero-width joiner that emoji sequences
-// use), with an error wrapping ErrBadName.
+// use), and names that could not be looked up at GET /names/{name}: one
+// holding "/", and "." and "..". Each is an error wrapping ErrBadName.
+// Letters that merely look alike in different scripts (Latin "a" and
+// Cyrillic "а") stay different names.
 func NormalizeName(raw string) (string, error) {
 	if !utf8.ValidString(raw) {
 		return "", fmt.Errorf("%w: not valid UTF-8", ErrBadName)
 	}
-	s := strings.TrimSpace(raw)
+	s := strings.Join(strings.FieldsFunc(raw, unicode.IsSpace), " ")
 	s = norm.NFC.String(cases.Lower(language.Und).String(norm.NFD.String(s)))
-	s = strings.TrimSpace(s)
+	s = strings.Join(strings.FieldsFunc(s, unicode.IsSpace), " ")
 	switch n := utf8.RuneCountInString(s); {
 	case n == 0:
 		return "", fmt.Errorf("%w: empty", ErrBadName)
@@ -55,6 +62,9 @@ func NormalizeName(raw string) (string, error) {
 		if !unicode.IsGraphic(r) && r != ' ' && r != zeroWidthJoiner {
 			return "", fmt.Errorf("%w: contains the invisible character %U", ErrBadName, r)
 		}
+	}
+	if s == "." || s == ".." || strings.Contains(s, "/") {
+		return "", fmt.Errorf("%w: %q cannot be looked up by URL (no \"/\", \".\" or \"..\")", ErrBadName, s)
 	}
 	return s, nil
 }

@@ -12,6 +12,7 @@ func TestNormalizeNameCollides(t *testing.T) {
 		{"strasse", "STRASSE", "Strasse"},
 		{"josé", "Jose\u0301", "JOSÉ", "jos\u00e9"},
 		{"ǆ", "ǅ", "Ǆ"},
+		{"a b", "a\u00a0b", "a  b", "A\u2003B", " a\tb "},
 	} {
 		want, err := NormalizeName(group[0])
 		if err != nil {
@@ -43,7 +44,8 @@ func TestNormalizeNameRejects(t *testing.T) {
 		"", "   ", "\t\n",
 		strings.Repeat("x", MaxNameLen+1),
 		strings.Repeat("İ", MaxNameLen), // lowers to i + combining dot: 2×MaxNameLen characters
-		"a\tb", "a\x00b", "a\u200bb", "\xff",
+		"a\x00b", "a\u200bb", "\xff",
+		".", "..", "/", "a/b", " .. ",
 	} {
 		if got, err := NormalizeName(raw); !errors.Is(err, ErrBadName) {
 			t.Errorf("NormalizeName(%q) = %q, %v; want ErrBadName", raw, got, err)
