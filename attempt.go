@@ -33,13 +33,14 @@ type attempt struct {
 	dbHeld  []bool  // each locker's locks are held by the database
 	guarded bool    // some locker's locks are held by the database
 
-	conn      Conn
-	discard   bool // close conn rather than return it to the pool
-	tx        Tx
-	txid      int64 // recorded before COMMIT when recorded is set; 0: wrote nothing
-	recorded  bool
-	committed bool // COMMIT was sent: never roll back
-	start     time.Time
+	conn     Conn
+	discard  bool // close conn rather than return it to the pool
+	tx       Tx
+	record   bool  // record the transaction id before COMMIT (see CommitCheck)
+	txid     int64 // recorded before COMMIT when recorded is set; 0: wrote nothing
+	recorded bool
+	txDone   bool // COMMIT was sent, or the rollback done: nothing left to end
+	start    time.Time
 
 	mu       sync.Mutex // guards what follows: lockers report from their goroutines, bodies call Lock and AfterCommit from theirs
 	state    attemptState
@@ -145,6 +146,10 @@ func (a *attempt) lockBeforeBegin() error {
 // locker takes its locks on it before BEGIN. A database that cannot
 // reserve one gets those lockers inside the transaction instead.
 func (a *attempt) holdConn() error {
+	// Whether to record the transaction id is decided here, before the
+	// attempt holds a connection: finding out whether the database can be
+	// asked may take a connection of the pool once (see Database.Postgres).
+	a.record = shouldRecord(a.parent, a.cfg.commitCheck, a.db)
 	from, to := a.span(OnConn)
 	if from == to {
 		return nil
@@ -253,7 +258,7 @@ func (a *attempt) mustVerify(i int) bool {
 // recordTxID asks the transaction's id before COMMIT when an unknown
 // outcome should be looked up (see CommitCheck).
 func (a *attempt) recordTxID() error {
-	if !shouldRecord(a.parent, a.cfg.commitCheck, a.db) {
+	if !a.record {
 		return nil
 	}
 	id, err := recordTxID(a.parent, a.tx)
@@ -265,11 +270,11 @@ func (a *attempt) recordTxID() error {
 }
 
 // commit sends COMMIT and checks its result. Faults injected by txlocktest
-// (see internal/seam) wrap it; one that does not send COMMIT leaves the
-// transaction to be rolled back.
+// (see internal/seam) wrap it; when one does not send COMMIT, the
+// transaction is rolled back at once, before its error is looked at.
 func (a *attempt) commit() error {
 	send := func() error {
-		a.committed = true
+		a.txDone = true
 		return a.tx.Commit(a.parent)
 	}
 	for _, f := range a.cfg.faults {
@@ -277,6 +282,9 @@ func (a *attempt) commit() error {
 		send = func() error { return f.Commit(a.parent, a.n, next) }
 	}
 	err := send()
+	if !a.txDone {
+		a.rollback()
+	}
 	if err == nil {
 		return nil
 	}
@@ -320,11 +328,7 @@ func (a *attempt) noteCommit(c CommitOutcome) { a.outcome = c }
 // (last taken first), gives the connection back after the last lease that
 // lives on it, and returns the first release error.
 func (a *attempt) end() error {
-	if a.tx != nil && !a.committed {
-		ctx, cancel := a.detached(0)
-		_ = a.tx.Rollback(ctx)
-		cancel()
-	}
+	a.rollback()
 	a.mu.Lock()
 	a.state = stateDone
 	leases := a.leases
@@ -358,6 +362,18 @@ func (a *attempt) end() error {
 	}
 	closeConn()
 	return first
+}
+
+// rollback rolls back a transaction that did not end, on a context
+// detached from the caller's.
+func (a *attempt) rollback() {
+	if a.tx == nil || a.txDone {
+		return
+	}
+	a.txDone = true
+	ctx, cancel := a.detached(0)
+	_ = a.tx.Rollback(ctx)
+	cancel()
 }
 
 // releaseBudget bounds the release of an attempt's leases, which runs on

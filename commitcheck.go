@@ -5,11 +5,10 @@ import (
 	"database/sql"
 	"reflect"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/txlock/txlock/sqladapter"
+	"github.com/txlock/txlock/internal/pgprobe"
 )
 
 // How an unknown COMMIT outcome is looked up (see CommitCheck). The
@@ -19,11 +18,6 @@ import (
 const (
 	recordTxIDQuery = `SELECT txid_current_if_assigned()`
 	txStatusQuery   = `SELECT txid_status($1)`
-	// probeQuery tells a PostgreSQL that has both functions from anything
-	// else; it runs once per database, outside any transaction, and
-	// assigns no transaction id.
-	probeQuery = `SELECT txid_status(txid_current_if_assigned()) IS NULL`
-
 	// faultMemory is how long CommitCheckAuto keeps recording ids after
 	// a fault.
 	faultMemory = 10 * time.Minute
@@ -116,59 +110,25 @@ var notPostgres = []string{
 	"github.com/sijms/go-ora",
 }
 
-// postgresCache remembers probe answers per *sql.DB or *sql.Conn. It is
-// bounded: a program that opens databases without end probes again.
-var postgresCache struct {
-	sync.Mutex
-	m map[any]bool
-}
+// postgresDBs remembers, per *sql.DB, whether it can be asked.
+var postgresDBs pgprobe.Cache[sql.DB]
 
-const postgresCacheMax = 256
-
-// isPostgres probes b once: a *sql.DB or *sql.Conn whose driver is not
-// known to be something else runs probeQuery outside any transaction.
-// Other Beginners are not probed and count as not PostgreSQL.
+// isPostgres probes b once: a *sql.DB whose driver is not known to be
+// something else runs the probe query, on a connection of the pool,
+// outside any transaction (Run asks before it begins one). Other Beginners
+// are not probed and count as not PostgreSQL: a *sql.Conn is one
+// connection, and when its COMMIT fails in flight it is the connection
+// that broke, with no other to ask on.
 func isPostgres(ctx context.Context, b Beginner) bool {
-	var q interface {
-		QueryRowContext(context.Context, string, ...any) *sql.Row
-	}
-	var drv any
-	switch b := b.(type) {
-	case *sql.DB:
-		q, drv = b, b.Driver()
-	case *sql.Conn:
-		q = b
-		_ = b.Raw(func(dc any) error { drv = dc; return nil })
-	default:
+	db, ok := b.(*sql.DB)
+	if !ok || knownNotPostgres(db.Driver()) {
 		return false
 	}
-	postgresCache.Lock()
-	v, ok := postgresCache.m[b]
-	postgresCache.Unlock()
-	if ok {
-		return v
-	}
-	v = !knownNotPostgres(drv)
-	if v {
+	return postgresDBs.Ask(ctx, db, func(ctx context.Context) (bool, error) {
 		var yes bool
-		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := q.QueryRowContext(pctx, probeQuery).Scan(&yes)
-		timedOut := pctx.Err() != nil
-		cancel()
-		if err != nil && (timedOut || sqladapter.IsConnError(err)) {
-			return false // no answer: ask again next time
-		}
-		v = err == nil && yes
-	}
-	postgresCache.Lock()
-	if postgresCache.m == nil {
-		postgresCache.m = map[any]bool{}
-	}
-	if len(postgresCache.m) < postgresCacheMax {
-		postgresCache.m[b] = v
-	}
-	postgresCache.Unlock()
-	return v
+		err := db.QueryRowContext(ctx, pgprobe.Query).Scan(&yes)
+		return yes, err
+	})
 }
 
 // Database systems by driver package, as OpenTelemetry's db.system.name

@@ -304,3 +304,27 @@ func TestCommitCheckAutoAfterAFault(t *testing.T) {
 		t.Errorf("events %+v, want one attempt found committed", ev.evs)
 	}
 }
+
+// TestCommitCheckWithAPoolOfOne: finding out whether the database can be
+// asked takes a connection of the pool, once; with a pool of one, that must
+// happen before the attempt holds the only connection, or the question
+// waits for the answer's own transaction.
+func TestCommitCheckWithAPoolOfOne(t *testing.T) {
+	proxy, u := testenv.StartPGProxy(t, testenv.PostgresURL(t))
+	db := testenv.OpenURL(t, u)
+	db.SetMaxOpenConns(1)
+	exec(t, db, "CREATE TABLE things (attempt int NOT NULL)")
+	var ev commitEvents
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		if txlock.Attempt(ctx) == 1 {
+			proxy.CutNextCommit()
+		}
+		return insertAttempt(ctx, tx)
+	}, txlock.WithCommitCheck(txlock.CommitCheckAlways), ev.option())
+	if err != nil {
+		t.Fatalf("Run = %v, want success", err)
+	}
+	if len(ev.evs) != 1 || ev.evs[0].Commit != txlock.CommitFoundCommitted {
+		t.Errorf("events %+v, want one attempt found committed", ev.evs)
+	}
+}

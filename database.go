@@ -27,9 +27,12 @@ type Database interface {
 	// system as OpenTelemetry does ("postgresql"), for RunInfo.System.
 
 	// Postgres reports whether the database is PostgreSQL 10 or later,
-	// whose transactions Run can look up by id when the outcome of a
-	// COMMIT is unknown (see CommitCheck). It is called only when such a
-	// lookup may be needed, and may cache its answer.
+	// whose transactions Run can look up by id, on another connection,
+	// when the outcome of a COMMIT is unknown (see CommitCheck). A
+	// Database of a single connection should say no: the connection that
+	// broke is the only one. Run calls it before each attempt begins its
+	// transaction, while the attempt holds no connection, and only when a
+	// lookup may be needed; it may cache its answer.
 	Postgres(ctx context.Context) bool
 }
 

@@ -69,8 +69,12 @@ func (l *Locker) newTaker(ctx context.Context, mk, name string, try, degrade boo
 func (t *taker) take(ctx context.Context) (*hold, error) {
 	timer := time.NewTimer(time.Hour)
 	defer timer.Stop()
+	var down error // the last failure to reach memcached, if the last step failed so
 	for first := true; ; first = false {
 		if ctx.Err() != nil {
+			if down != nil {
+				return nil, downError("acquire", fmt.Errorf("%w (still down when the wait ended: %w)", down, ctx.Err()))
+			}
 			return nil, t.waitErr(ctx)
 		}
 		probe, err := t.l.health.enter(ctx, !t.try && !t.degrade)
@@ -89,12 +93,14 @@ func (t *taker) take(ctx context.Context) (*hold, error) {
 		case h != nil:
 			return h, nil
 		case err != nil && unreachable(err) && !t.try && !t.degrade:
+			down = err
 			continue // health now says down: wait there for a probe
 		case err != nil && unreachable(err):
 			return nil, unavailable("acquire", err)
 		case err != nil:
 			return nil, err
 		}
+		down = nil
 		if wait == 0 {
 			continue
 		}

@@ -102,12 +102,6 @@ func (h *hold) markLost(err error) {
 	}
 }
 
-func (h *hold) lost() error {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	return h.lostErr
-}
-
 // ours parses an item read from memcached and reports whether it is this
 // hold's lock.
 func (h *hold) ours(it *memcache.Item) (lockValue, bool) {
@@ -182,7 +176,8 @@ func (h *hold) stop() {
 	h.timer.Stop()
 	h.mu.Unlock()
 	h.ticking.Lock()
-	h.ticking.Unlock() //nolint:staticcheck // an empty critical section: waits for a tick in progress
+	//lint:ignore SA2001 an empty critical section: it waits for a tick in progress to end
+	h.ticking.Unlock()
 	h.l.live.Add(-1)
 }
 
