@@ -44,6 +44,7 @@ type options struct {
 	procs     int
 	workers   int
 	modes     map[string]bool // empty: all
+	svg       string          // write a chart of the run here
 }
 
 // want reports whether the row for mode should run.
@@ -71,6 +72,7 @@ func main() {
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
 	modes := flag.String("modes", "", "comma-separated modes to run (default all): bare, local, memcached, advisory, memcached+advisory, retry-only, add-poll-delete")
+	flag.StringVar(&o.svg, "svg", "", "also draw the run's figures as an SVG chart into this file (e.g. docs/bench.svg)")
 	flag.Parse()
 	if *modes != "" {
 		o.modes = map[string]bool{}
@@ -80,6 +82,12 @@ func main() {
 	}
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal(err)
+	}
+	if o.svg != "" {
+		chart.When = time.Now().UTC().Format("2006-01-02 15:04 UTC") + fmt.Sprintf(", GOMAXPROCS %d, %v per row", gomaxprocs(), o.duration)
+		if err := writeSVG(o.svg, chart); err != nil {
+			log.Fatal(err)
+		}
 	}
 }
 

@@ -35,7 +35,7 @@ func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, e
 func uncontended(ctx context.Context, e *benchEnv, o options) error {
 	const workers, rounds = 8, 6
 	modes := []string{"bare"}
-	for _, m := range []string{"bare-cancellable", "local", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
+	for _, m := range []string{"bare-cancellable", "local", "local-pgx", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
 		if o.want(m) {
 			modes = append(modes, m)
 		}
@@ -91,6 +91,7 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 		}
 		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.2f\t%d\t%d\t\n", mode, rate(mode), rate(mode)/rate("bare"), vsLocal,
 			float64(a.ops)/float64(max(a.Commits, 1)), pct(a.Lat, 0.99)*1000, a.Errors, a.bad)
+		chart.Uncontended = append(chart.Uncontended, bar{mode, rate(mode) / rate("bare")})
 		if a.FirstErr != "" {
 			defer fmt.Printf("  %s: first error: %s\n", mode, a.FirstErr)
 		}
@@ -154,6 +155,9 @@ func hot(ctx context.Context, e *benchEnv, o options) error {
 		p99 := pct(h.Lat, 0.99)
 		cpuPer := cpu / float64(max(h.Commits, 1))
 		rows[mode] = row{p99, cpuPer}
+		chart.HotGoodput = append(chart.HotGoodput, bar{mode, goodput / serial})
+		chart.HotP99 = append(chart.HotP99, bar{mode, p99 * 1000})
+		chart.FairMS = fair * 1000
 		fmt.Fprintf(tw, "%s\t%d\t%.0f\t%.2f\t%.1f\t%.1f\t%.2f\t%.3f\t%.2f\t%.1f\t%d\t%d\t\n", mode, procs, goodput, goodput/serial,
 			pct(h.Lat, 0.5)*1000, p99*1000, p99/fair, aborts, cpuPer*1000,
 			float64(ops1-ops0)/float64(max(h.Commits, 1)), h.Errors, dups+missing)

@@ -130,6 +130,9 @@ func share(n, parts, i int) int {
 }
 
 func runJob(ctx context.Context, j job) (report, error) {
+	if pgxMode(j.Mode) {
+		return runPgxJob(ctx, j)
+	}
 	db, err := sql.Open("pgx", j.DB)
 	if err != nil {
 		return report{}, err

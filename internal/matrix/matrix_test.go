@@ -27,6 +27,12 @@
 //   - retry-only (SERIALIZABLE, no keys): the database detects the conflict
 //     and Run redoes the loser's work.
 //
+// Every row that must hold runs twice, once per driver: through
+// database/sql (txlock.Run on a *sql.DB with pgx's stdlib driver) and
+// through pgx itself (txlockpgx.Run on a *pgxpool.Pool), with the same
+// body, the same invariants and the same verdicts. The controls run
+// through database/sql only: they test the harness, not a driver.
+//
 // Run it:
 //
 //	CI=true go test -race -count=1 -v -run TestMatrix ./internal/matrix/   # short form, in CI
@@ -52,6 +58,8 @@ import (
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txlock/txlock"
 	"github.com/txlock/txlock/advisorylock"
@@ -60,6 +68,7 @@ import (
 	"github.com/txlock/txlock/migrations"
 	"github.com/txlock/txlock/retry"
 	"github.com/txlock/txlock/sqladapter"
+	"github.com/txlock/txlock/txlockpgx"
 )
 
 // Lockers of the matrix. The last two are the controls that must fail.
@@ -73,8 +82,15 @@ const (
 	rawAdvisor = "raw-advisory"
 )
 
+// Drivers of the matrix: how the workers reach Postgres.
+const (
+	viaSQL = "database/sql" // txlock.Run on a *sql.DB (pgx's stdlib driver)
+	viaPgx = "pgx"          // txlockpgx.Run on a *pgxpool.Pool
+)
+
 // Environment of a child process (TestMatrixChild).
 const (
+	envDriver  = "TXLOCK_MATRIX_DRIVER"
 	envDB      = "TXLOCK_MATRIX_DB"
 	envMC      = "TXLOCK_MATRIX_MEMCACHED"
 	envLocker  = "TXLOCK_MATRIX_LOCKER"
@@ -91,6 +107,7 @@ const (
 type cell struct {
 	Level   string // read committed | repeatable read | serializable | "" (naive)
 	Locker  string
+	Driver  string // viaSQL | viaPgx
 	DB      string
 	MC      string
 	Prefix  string // separates the rows' memcached keys and advisory ids
@@ -101,13 +118,13 @@ type cell struct {
 func (c cell) env() []string {
 	names, _ := json.Marshal(c.Names)
 	return []string{
-		envDB + "=" + c.DB, envMC + "=" + c.MC, envLocker + "=" + c.Locker, envLevel + "=" + c.Level,
+		envDriver + "=" + c.Driver, envDB + "=" + c.DB, envMC + "=" + c.MC, envLocker + "=" + c.Locker, envLevel + "=" + c.Level,
 		envNames + "=" + string(names), envWorkers + "=" + strconv.Itoa(c.Workers), envPrefix + "=" + c.Prefix,
 	}
 }
 
 func cellFromEnv() (cell, error) {
-	c := cell{DB: os.Getenv(envDB), MC: os.Getenv(envMC), Locker: os.Getenv(envLocker),
+	c := cell{Driver: os.Getenv(envDriver), DB: os.Getenv(envDB), MC: os.Getenv(envMC), Locker: os.Getenv(envLocker),
 		Level: os.Getenv(envLevel), Prefix: os.Getenv(envPrefix)}
 	if err := json.Unmarshal([]byte(os.Getenv(envNames)), &c.Names); err != nil {
 		return c, fmt.Errorf("%s: %w", envNames, err)
@@ -157,15 +174,12 @@ func TestMatrixChild(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db, err := sql.Open("pgx", c.DB)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
+	db := open(t, c)
+	defer db.close()
 	gate := make(chan struct{})
 	done := make(chan outcome, 1)
 	go func() { done <- work(context.Background(), db, c, gate) }()
-	warm(t, db, c.Workers)
+	db.warm(t, c.Workers)
 	fmt.Println(readyLine)
 	// The parent writes one line when every process is ready.
 	if _, err := bufio.NewReader(os.Stdin).ReadString('\n'); err != nil {
@@ -179,20 +193,74 @@ func TestMatrixChild(t *testing.T) {
 	fmt.Println(resultMark + string(b))
 }
 
-// warm opens n connections, so that the barrier is not followed by a
-// burst of connection setups that would spread the workers' start.
-func warm(t testing.TB, db *sql.DB, n int) {
+// conns reaches Postgres through a row's driver: a *sql.DB, or a
+// *pgxpool.Pool.
+type conns struct {
+	db   *sql.DB
+	pool *pgxpool.Pool
+}
+
+// open opens c's database through c's driver, with room for all of c's
+// workers.
+func open(t testing.TB, c cell) conns {
 	t.Helper()
-	db.SetMaxIdleConns(n + 2)
-	conns := make([]*sql.Conn, 0, n)
-	for range n {
-		c, err := db.Conn(context.Background())
+	if c.Driver != viaPgx {
+		db, err := sql.Open("pgx", c.DB)
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, c)
+		return conns{db: db}
 	}
-	for _, c := range conns {
+	cfg, err := pgxpool.ParseConfig(c.DB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// pgxpool's default (at least 4, else one per CPU) would queue the
+	// workers in the pool rather than in the lockers.
+	cfg.MaxConns = int32(c.Workers + 2)
+	pool, err := pgxpool.NewWithConfig(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return conns{pool: pool}
+}
+
+func (k conns) close() {
+	if k.pool != nil {
+		k.pool.Close()
+		return
+	}
+	_ = k.db.Close()
+}
+
+// warm opens n connections, so that the barrier is not followed by a
+// burst of connection setups that would spread the workers' start.
+func (k conns) warm(t testing.TB, n int) {
+	t.Helper()
+	if k.pool != nil {
+		held := make([]*pgxpool.Conn, 0, n)
+		for range n {
+			c, err := k.pool.Acquire(context.Background())
+			if err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		for _, c := range held {
+			c.Release()
+		}
+		return
+	}
+	k.db.SetMaxIdleConns(n + 2)
+	held := make([]*sql.Conn, 0, n)
+	for range n {
+		c, err := k.db.Conn(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	for _, c := range held {
 		_ = c.Close()
 	}
 }
@@ -245,7 +313,7 @@ func options(c cell, k *counter) []txlock.Option {
 
 // work runs c.Workers workers in this process once gate is closed; each
 // reserves every name of c.Names, in the same order.
-func work(ctx context.Context, db *sql.DB, c cell, gate <-chan struct{}) outcome {
+func work(ctx context.Context, db conns, c cell, gate <-chan struct{}) outcome {
 	var k counter
 	opts := options(c, &k)
 	var mu sync.Mutex
@@ -286,39 +354,76 @@ const (
 	qInsert = `INSERT INTO name_reservations (name, owner, expires_at) VALUES ($1, $2, now() + interval '1 hour') RETURNING id`
 )
 
+// querier is what the body needs of a transaction, whichever the driver.
+type querier interface {
+	exec(ctx context.Context, query string, args ...any) error
+	queryRow(ctx context.Context, query string, args ...any) interface{ Scan(...any) error }
+}
+
+type sqlTx struct{ tx *sql.Tx }
+
+func (q sqlTx) exec(ctx context.Context, query string, args ...any) error {
+	_, err := q.tx.ExecContext(ctx, query, args...)
+	return err
+}
+
+func (q sqlTx) queryRow(ctx context.Context, query string, args ...any) interface{ Scan(...any) error } {
+	return q.tx.QueryRowContext(ctx, query, args...)
+}
+
+type pgxTx struct{ tx pgx.Tx }
+
+func (q pgxTx) exec(ctx context.Context, query string, args ...any) error {
+	_, err := q.tx.Exec(ctx, query, args...)
+	return err
+}
+
+func (q pgxTx) queryRow(ctx context.Context, query string, args ...any) interface{ Scan(...any) error } {
+	return q.tx.QueryRow(ctx, query, args...)
+}
+
 // reserve is the example's check-then-insert. taken reports that the name
 // was active; that run commits nothing but still commits.
-func reserve(ctx context.Context, db *sql.DB, c cell, opts []txlock.Option, name, owner string) (id int64, taken bool, err error) {
+func reserve(ctx context.Context, db conns, c cell, opts []txlock.Option, name, owner string) (id int64, taken bool, err error) {
 	if c.Locker == naive {
 		// The bug txlock exists for: check, then insert, no transaction, no lock.
 		// The pause stands for the request's other work between the
 		// two and makes the race show on every run. Only here: the
 		// locked variants get no help from a widened window.
-		if err := db.QueryRowContext(ctx, qActive, name).Scan(&taken); err != nil || taken {
+		if err := db.db.QueryRowContext(ctx, qActive, name).Scan(&taken); err != nil || taken {
 			return 0, taken, err
 		}
 		time.Sleep(5 * time.Millisecond)
-		return id, false, db.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
+		return id, false, db.db.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
 	}
 	var keys []string
 	if c.Locker != retryOnly && c.Locker != rawAdvisor {
 		keys = []string{"name:" + name}
 	}
-	err = txlock.Run(ctx, db, keys, func(ctx context.Context, tx *sql.Tx) error {
+	body := func(ctx context.Context, tx querier) error {
 		id, taken = 0, false
 		if c.Locker == rawAdvisor {
 			// What a hand-written advisory lock looks like: the lock
 			// is the body's first statement. At REPEATABLE READ that
 			// statement also fixes the snapshot, before the wait.
-			if _, err := tx.ExecContext(ctx, `SELECT pg_advisory_xact_lock($1)`, advisorylock.ID(c.Prefix, "name:"+name)); err != nil {
+			if err := tx.exec(ctx, `SELECT pg_advisory_xact_lock($1)`, advisorylock.ID(c.Prefix, "name:"+name)); err != nil {
 				return err
 			}
 		}
-		if err := tx.QueryRowContext(ctx, qActive, name).Scan(&taken); err != nil || taken {
+		if err := tx.queryRow(ctx, qActive, name).Scan(&taken); err != nil || taken {
 			return err
 		}
-		return tx.QueryRowContext(ctx, qInsert, name, owner).Scan(&id)
-	}, opts...)
+		return tx.queryRow(ctx, qInsert, name, owner).Scan(&id)
+	}
+	if c.Driver == viaPgx {
+		err = txlockpgx.Run(ctx, db.pool, keys, func(ctx context.Context, tx pgx.Tx) error {
+			return body(ctx, pgxTx{tx})
+		}, opts...)
+	} else {
+		err = txlock.Run(ctx, db.db, keys, func(ctx context.Context, tx *sql.Tx) error {
+			return body(ctx, sqlTx{tx})
+		}, opts...)
+	}
 	return id, taken, err
 }
 
@@ -330,12 +435,9 @@ func runRow(t *testing.T, c cell, procs int) (out outcome, seconds float64) {
 	if procs <= 1 {
 		// A pool for this row only: warm keeps c.Workers connections
 		// idle, and the rows together would exhaust the server's.
-		db, err := sql.Open("pgx", c.DB)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer db.Close()
-		warm(t, db, c.Workers)
+		db := open(t, c)
+		defer db.close()
+		db.warm(t, c.Workers)
 		gate := make(chan struct{})
 		start := time.Now()
 		done := make(chan outcome, 1)
@@ -479,9 +581,9 @@ func check(t *testing.T, db *sql.DB, names []string, acked []int64) verdict {
 }
 
 type row struct {
-	level, locker string
-	procs         int
-	mustFail      bool // a control: the harness must see duplicates
+	level, locker, driver string
+	procs                 int
+	mustFail              bool // a control: the harness must see duplicates
 }
 
 func matrixRows(procs int) []row {
@@ -492,13 +594,16 @@ func matrixRows(procs int) []row {
 			if l == local {
 				p = 1 // it guards one process
 			}
-			rows = append(rows, row{level: level, locker: l, procs: p})
+			for _, d := range []string{viaSQL, viaPgx} {
+				rows = append(rows, row{level: level, locker: l, driver: d, procs: p})
+			}
 		}
 	}
 	return append(rows,
-		row{level: "serializable", locker: retryOnly, procs: procs},
-		row{level: "", locker: naive, procs: procs, mustFail: true},
-		row{level: "repeatable read", locker: rawAdvisor, procs: procs, mustFail: true},
+		row{level: "serializable", locker: retryOnly, driver: viaSQL, procs: procs},
+		row{level: "serializable", locker: retryOnly, driver: viaPgx, procs: procs},
+		row{level: "", locker: naive, driver: viaSQL, procs: procs, mustFail: true},
+		row{level: "repeatable read", locker: rawAdvisor, driver: viaSQL, procs: procs, mustFail: true},
 	)
 }
 
@@ -519,14 +624,14 @@ func TestMatrix(t *testing.T) {
 	}
 
 	var table strings.Builder
-	fmt.Fprintf(&table, "\n%-16s %-19s %5s %7s %10s %7s %6s %9s %12s %8s\n",
-		"level", "locker", "procs", "workers", "duplicates", "missing", "errors",
+	fmt.Fprintf(&table, "\n%-16s %-19s %-12s %5s %7s %10s %7s %6s %9s %12s %8s\n",
+		"level", "locker", "driver", "procs", "workers", "duplicates", "missing", "errors",
 		"att/commit", "40001/lost", "seconds")
 	for i, r := range matrixRows(procs) {
 		if _, err := db.Exec(`TRUNCATE name_reservations`); err != nil {
 			t.Fatal(err)
 		}
-		c := cell{Level: r.level, Locker: r.locker, DB: url, MC: mc.Addr(), Prefix: fmt.Sprintf("m%d:", i),
+		c := cell{Level: r.level, Locker: r.locker, Driver: r.driver, DB: url, MC: mc.Addr(), Prefix: fmt.Sprintf("m%d:", i),
 			Names: nameList, Workers: workers}
 		out, secs := runRow(t, c, r.procs)
 		v := check(t, db, nameList, out.Acked)
@@ -535,12 +640,12 @@ func TestMatrix(t *testing.T) {
 		if level == "" {
 			level = "(none)"
 		}
-		fmt.Fprintf(&table, "%-16s %-19s %5d %7d %10d %7d %6d %9.3f %12s %8.2f\n",
-			level, r.locker, r.procs, workers, v.duplicates, v.missing, len(out.Errors),
+		fmt.Fprintf(&table, "%-16s %-19s %-12s %5d %7d %10d %7d %6d %9.3f %12s %8.2f\n",
+			level, r.locker, r.driver, r.procs, workers, v.duplicates, v.missing, len(out.Errors),
 			float64(out.Attempts)/float64(max(commits, 1)),
 			fmt.Sprintf("%d/%d", out.Serialization, out.Lost), secs)
 
-		name := level + "/" + r.locker
+		name := level + "/" + r.locker + "/" + r.driver
 		if r.mustFail {
 			if v.duplicates == 0 {
 				t.Errorf("%s produced no duplicates: the harness cannot tell right from wrong", name)
