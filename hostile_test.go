@@ -35,7 +35,7 @@ func TestBadAndHostileInput(t *testing.T) {
 		t.Run(r.name, func(t *testing.T) {
 			ignore := goleak.IgnoreCurrent()
 			h := newHostileEnv(t)
-			err, panicked := h.call(r.run)
+			panicked, err := h.call(r.run)
 			switch {
 			case r.panics && panicked == nil:
 				t.Fatalf("no panic; err = %v", err)
@@ -100,9 +100,9 @@ func newHostileEnv(t *testing.T) *hostileEnv {
 }
 
 // call runs f, turning a panic into a value.
-func (h *hostileEnv) call(f func(h *hostileEnv) error) (err error, panicked any) {
+func (h *hostileEnv) call(f func(h *hostileEnv) error) (panicked any, err error) {
 	defer func() { panicked = recover() }()
-	return f(h), nil
+	return nil, f(h)
 }
 
 // close checks that the row left no connection in use and no lock held.
@@ -212,7 +212,7 @@ func hostileRows() []hostileRow {
 	rows := []hostileRow{
 		// Run's arguments.
 		{name: "nil context", want: txlock.ErrInvalid, run: func(h *hostileEnv) error {
-			return txlock.Run(nil, h.db, []string{"k"}, nop) //nolint:staticcheck // on purpose
+			return txlock.Run(noCtx, h.db, []string{"k"}, nop)
 		}},
 		{name: "nil database", want: txlock.ErrInvalid, run: func(h *hostileEnv) error {
 			return txlock.Run(h.ctx, nil, []string{"k"}, nop)
@@ -332,7 +332,7 @@ func hostileRows() []hostileRow {
 			return h.run(h.ctx, []string{"k"}, write, txlock.WithTxOptions(nil))
 		}},
 		{name: "Check with a nil context", want: txlock.ErrInvalid, run: func(h *hostileEnv) error {
-			return txlock.Check(nil) //nolint:staticcheck // on purpose
+			return txlock.Check(noCtx)
 		}},
 		{name: "Check with a bad option", want: txlock.ErrInvalid, run: func(h *hostileEnv) error {
 			return txlock.Check(h.ctx, txlock.WithMaxAttempts(0))
@@ -409,7 +409,7 @@ func hostileRows() []hostileRow {
 			return txlock.Lock(h.ctx, "k")
 		}},
 		{name: "Lock with a nil context", want: txlock.ErrNotInRun, run: func(h *hostileEnv) error {
-			return txlock.Lock(nil, "k") //nolint:staticcheck // on purpose
+			return txlock.Lock(noCtx, "k")
 		}},
 		{name: "Lock with an empty key", want: txlock.ErrInvalid, run: func(h *hostileEnv) error {
 			var lerr error
@@ -448,10 +448,10 @@ func hostileRows() []hostileRow {
 			return txlock.AfterCommit(h.ctx, func() {})
 		}},
 		{name: "AfterCommit with a nil context", want: txlock.ErrNotInRun, run: func(h *hostileEnv) error {
-			return txlock.AfterCommit(nil, func() {}) //nolint:staticcheck // on purpose
+			return txlock.AfterCommit(noCtx, func() {})
 		}},
 		{name: "Attempt outside Run and of nil", run: func(h *hostileEnv) error {
-			if txlock.Attempt(h.ctx) != 0 || txlock.Attempt(nil) != 0 { //nolint:staticcheck // on purpose
+			if txlock.Attempt(h.ctx) != 0 || txlock.Attempt(noCtx) != 0 {
 				return errors.New("Attempt outside Run is not 0")
 			}
 			return nil
@@ -546,7 +546,7 @@ func hostileRows() []hostileRow {
 
 		// retry, on its own.
 		{name: "retry.Do with a nil context", run: func(h *hostileEnv) error {
-			if retry.Do(nil, 1, nil, func(context.Context, int) error { return nil }) == nil { //nolint:staticcheck // on purpose
+			if retry.Do(noCtx, 1, nil, func(context.Context, int) error { return nil }) == nil {
 				return errors.New("no error")
 			}
 			return nil
@@ -576,3 +576,6 @@ func shortError(t *testing.T, _ *hostileEnv, err error) {
 		t.Errorf("error of %d bytes for a 1 MiB key", n)
 	}
 }
+
+// noCtx is a nil context, passed on purpose where the API must refuse one.
+var noCtx context.Context

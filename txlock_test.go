@@ -589,14 +589,13 @@ func TestOutsideRun(t *testing.T) {
 	if n := txlock.Attempt(ctx); n != 0 {
 		t.Errorf("Attempt = %d", n)
 	}
-	//lint:ignore SA1012 nil contexts must be handled, not panic
-	if err := txlock.Lock(nil, "k"); !errors.Is(err, txlock.ErrNotInRun) { //nolint:staticcheck
+	if err := txlock.Lock(noCtx, "k"); !errors.Is(err, txlock.ErrNotInRun) {
 		t.Errorf("Lock(nil): %v", err)
 	}
-	if n := txlock.Attempt(nil); n != 0 { //nolint:staticcheck
+	if n := txlock.Attempt(noCtx); n != 0 {
 		t.Errorf("Attempt(nil) = %d", n)
 	}
-	if err := txlock.AfterCommit(nil, func() {}); !errors.Is(err, txlock.ErrNotInRun) { //nolint:staticcheck
+	if err := txlock.AfterCommit(noCtx, func() {}); !errors.Is(err, txlock.ErrNotInRun) {
 		t.Errorf("AfterCommit(nil): %v", err)
 	}
 }

