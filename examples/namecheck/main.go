@@ -5,7 +5,7 @@
 //
 // Usage:
 //
-//	namecheck [serve] [-addr 127.0.0.1:8080] [-db URL] [-memcached LIST] [-locker L] [-isolation I]
+//	namecheck [serve] [-addr 127.0.0.1:8080] [-mode txlock|naive] [-db URL] [-memcached LIST] [-locker L] [-isolation I]
 //	namecheck race [-mode naive|txlock] [-n 200] [-names 10] [-db URL] [-memcached LIST] [-locker L]
 //
 // serve runs the HTTP service:
@@ -80,11 +80,30 @@ func main() {
 // errUsage is wrapped by errors in the command line.
 var errUsage = errors.New("usage")
 
+const usage = `usage: namecheck [command] [flags]
+
+Commands:
+  serve   run the name-reservation HTTP service (the default)
+            POST /names {"name": "Ann", "ttl": "1h"} → 201, 400, 409
+            GET  /names/{name}                       → 200, 404
+          -mode naive serves without txlock (check, then insert), to show the bug
+  race    start the service in-process, fire concurrent POSTs at a few names,
+          count names left with more than one active reservation ("duplicates: N")
+
+With nothing configured both use a temporary embedded SQLite and the in-process
+locker; -db postgres://... and -memcached host:port share them between processes.
+
+namecheck serve -h and namecheck race -h list each command's flags.
+`
+
 // run runs the subcommand args name ("serve" when there is none).
 func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cmd := "serve"
 	if len(args) > 0 && len(args[0]) > 0 && args[0][0] != '-' {
 		cmd, args = args[0], args[1:]
+	}
+	if len(args) > 0 && cmd == "serve" && (args[0] == "-h" || args[0] == "-help" || args[0] == "--help") {
+		cmd = "help"
 	}
 	switch cmd {
 	case "serve":
@@ -92,7 +111,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	case "race":
 		return raceCommand(ctx, args, stdout, stderr)
 	case "help":
-		fmt.Fprintln(stdout, "usage: namecheck [serve|race] [flags]; namecheck serve -h or namecheck race -h for the flags")
+		fmt.Fprint(stdout, usage)
 		return nil
 	}
 	return fmt.Errorf("%w: unknown command %q: want serve or race", errUsage, cmd)
@@ -215,12 +234,17 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	var c Config
 	c.register(fs)
 	addr := fs.String("addr", envOr("TXLOCK_ADDR", "127.0.0.1:8080"), "listen address (env TXLOCK_ADDR)")
+	mode := fs.String("mode", modeTxlock, "txlock (check and insert inside txlock.Run) or naive (check, then insert, no transaction, no lock: the bug, to compare)")
+	gap := fs.Duration("gap", DefaultNaiveGap, "naive mode: pause between check and insert, standing for the handler's other work")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	if *mode != modeNaive && *mode != modeTxlock {
+		return fmt.Errorf("%w: -mode %q: want %s or %s", errUsage, *mode, modeNaive, modeTxlock)
+	}
 	log := slog.New(slog.NewTextHandler(stderr, nil))
 
-	env, err := OpenEnv(ctx, c, false, true)
+	env, err := OpenEnv(ctx, c, false, *mode == modeTxlock)
 	if err != nil {
 		return err
 	}
@@ -233,9 +257,14 @@ func serveCommand(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return fmt.Errorf("listen: %w", err)
 	}
-	hs := newHTTPServer(env.Server(c, log).Handler(), log)
+	srv := env.Server(c, log)
+	if *mode == modeNaive {
+		srv.Naive, srv.NaiveGap = true, *gap
+		log.Warn("naive mode: names are checked, then inserted, with no transaction and no lock; duplicates will happen")
+	}
+	hs := newHTTPServer(srv.Handler(), log)
 
-	log.Info("namecheck serving", "addr", "http://"+ln.Addr().String(), "database", env.DB.Desc, "locker", env.Lockers.Name)
+	log.Info("namecheck serving", "addr", "http://"+ln.Addr().String(), "mode", *mode, "database", env.DB.Desc, "locker", env.Lockers.Name)
 	if c.DB == "" {
 		log.Info("nothing configured: embedded SQLite and the in-process locker; names are lost on exit " +
 			"and guarded in this process only. Set -db (TXLOCK_DATABASE_URL) and -memcached (TXLOCK_MEMCACHED) to share them.")

@@ -4,6 +4,7 @@ import (
 	"context"
 	"database/sql"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -303,5 +304,25 @@ func TestConfigErrors(t *testing.T) {
 				t.Fatalf("OpenEnv(%+v) succeeded", tc.c)
 			}
 		})
+	}
+}
+
+// TestCommandLine: -h names both commands; a bad -mode is a usage error.
+func TestCommandLine(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{{"-h"}, {"help"}, {"--help"}} {
+		var out, errOut strings.Builder
+		if err := run(context.Background(), args, &out, &errOut); err != nil {
+			t.Fatalf("namecheck %v: %v", args, err)
+		}
+		for _, want := range []string{"serve", "race", "-mode naive"} {
+			if !strings.Contains(out.String(), want) {
+				t.Errorf("namecheck %v does not mention %q:\n%s", args, want, out.String())
+			}
+		}
+	}
+	var out, errOut strings.Builder
+	if err := run(context.Background(), []string{"serve", "-mode", "sloppy"}, &out, &errOut); !errors.Is(err, errUsage) {
+		t.Errorf("serve -mode sloppy: %v, want a usage error", err)
 	}
 }
