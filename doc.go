@@ -32,9 +32,12 @@
 //     vanish when memcached restarts. Run verifies the lease just before
 //     COMMIT and never commits under a lease it knows is lost, but a lease
 //     can still be lost in the instant between that check and COMMIT.
-//   - advisorylock keeps locks in Postgres itself, inside the transaction:
-//     they end exactly when it ends, and they cannot be lost. Each waiter
-//     holds a connection.
+//   - advisorylock keeps locks in Postgres itself, where they cannot be
+//     lost: at READ COMMITTED transaction-level locks, which end exactly
+//     with the transaction; at REPEATABLE READ and SERIALIZABLE
+//     session-level locks, taken before BEGIN (so that the snapshot
+//     follows the lock) and released right after COMMIT or ROLLBACK. Each
+//     waiter holds a connection.
 //   - LocalLocker (the default) keeps locks in this process only.
 //
 // So no guarantee should rest on a memcached lock alone. The guarantee

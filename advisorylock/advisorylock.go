@@ -65,13 +65,15 @@
 // When the isolation level is left to the server (no txlock.WithTxOptions)
 // and the server's default is REPEATABLE READ or SERIALIZABLE, or a key is
 // added with txlock.Lock from inside a body, the lock can only be taken
-// inside the transaction. Acquire then checks, in one more round trip,
-// whether a transaction that could have held the lock committed after the
-// snapshot was taken, and if so fails as a serialization failure (its
-// SQLState is 40001, as Postgres's own), so that Run retries with a new
-// snapshot. The check
-// cannot tell which transaction held our lock, so any commit in the cluster
-// in that window counts: it costs retries, never correctness.
+// inside the transaction. At REPEATABLE READ, Acquire then checks, in one
+// more round trip, whether a transaction that could have held the lock
+// committed after the snapshot was taken, and if so fails as a
+// serialization failure (its SQLState is 40001, as Postgres's own), so that
+// Run retries with a new snapshot. The check cannot tell which transaction
+// held our lock, so any commit in the cluster in that window counts: it
+// costs retries, never correctness. At SERIALIZABLE no check is needed:
+// Postgres's own conflict detection refuses such a transaction with 40001,
+// which Run retries.
 //
 // # Waiting
 //

@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/bradfitz/gomemcache/memcache"
@@ -48,9 +49,10 @@ type taker struct {
 	try      bool  // do not wait
 	degrade  bool  // the caller may carry on without the lock: do not wait out an outage
 
-	owner      string // the holder or hand-off target last seen
-	ownerSince time.Time
-	joined     bool // we appended ourselves to the key's queue
+	owner      string    // the holder or hand-off target last seen
+	ownerSince time.Time // when owner was first seen
+	fromStart  bool      // owner was seen to arrive, so ownerSince is when its tenure began
+	joined     bool      // we appended ourselves to the key's queue
 }
 
 func (l *Locker) newTaker(ctx context.Context, mk, name string, try, degrade bool) *taker {
@@ -161,6 +163,10 @@ func (t *taker) step(first bool) (*hold, time.Duration, error) {
 		// seen, not from the last change of the item: waiters joining the
 		// queue change the item, and must not keep a key handed to a dead
 		// process stuck.
+		if t.fromStart {
+			t.l.tenures.note(t.mk, now.Sub(t.ownerSince))
+		}
+		t.fromStart = t.owner != ""
 		t.owner, t.ownerSince = v.owner, now
 	}
 	if v.state == stateHandoff && (v.owner == t.l.proc || now.UnixMilli() > v.until || now.Sub(t.ownerSince) > stealAfter) {
@@ -171,7 +177,7 @@ func (t *taker) step(first bool) (*hold, time.Duration, error) {
 	if err != nil || pos < 0 {
 		return nil, 0, err
 	}
-	return nil, pollInterval(pos, now.Sub(t.ownerSince)), nil
+	return nil, pollInterval(pos, now.Sub(t.ownerSince), t.l.tenures.expected(t.mk)), nil
 }
 
 // join puts this process in the key's queue unless it is there already,
@@ -256,22 +262,59 @@ func (t *taker) stealLapsed() (*hold, time.Duration, error) {
 	return nil, 0, t.busy()
 }
 
-// pollInterval is how long a waiter sleeps between two reads of a held key.
-// The first process in the queue polls a fraction of the time the current
-// holder has had the key, from 200 µs (a few loopback round trips) up to
-// 2 ms, so a short hold is noticed at once and a long one costs few reads;
-// later ones poll less often, as their turn is at least one hold away. A
-// ±25% jitter keeps the waiters of several processes from polling in step.
-// No waiter can get ahead by polling faster: a held key goes to the head
-// of the queue, not to whoever reads first.
-func pollInterval(pos int, held time.Duration) time.Duration {
+// pollInterval is how long a waiter sleeps between two reads of a held key
+// that another process has had for held. The first process in the queue
+// polls with the expected tenure of a holder in mind (how long processes
+// have kept this key, as this Locker saw it; 0 when unknown): little while
+// the holder is young, every 200 µs (a few loopback round trips) from nine
+// tenths of the expected tenure on, so that a key handed to it is claimed
+// at once. Without an expectation, or past twice it, it polls a fraction of
+// the time the holder has had the key, from 200 µs up to 2 ms. Later ones
+// poll less often, as their turn is at least one hold away. A ±25% jitter
+// keeps the waiters of several processes from polling in step. No waiter
+// can get ahead by polling faster: a held key goes to the head of the
+// queue, not to whoever reads first.
+func pollInterval(pos int, held, expected time.Duration) time.Duration {
 	var d time.Duration
-	if pos <= 0 {
-		d = min(max(held/4, minPoll), 2*time.Millisecond)
-	} else {
+	switch {
+	case pos > 0:
 		d = min(max(held/2, time.Millisecond), maxPoll)
+	case expected > 0 && held < expected*9/10:
+		d = min(max(expected*9/10-held, minPoll), maxPoll)
+	case expected > 0 && held < 2*expected:
+		d = minPoll
+	default:
+		d = min(max(held/4, minPoll), 2*time.Millisecond)
 	}
 	return d*3/4 + rand.N(d/2+1)
+}
+
+// tenures remembers, per key, how long processes keep it: an exponentially
+// weighted mean of the tenures this Locker's pollers saw from start to end.
+// It is bounded: past maxTenures keys it starts afresh.
+type tenures struct {
+	mu sync.Mutex
+	m  map[string]time.Duration
+}
+
+const maxTenures = 4096
+
+func (t *tenures) note(mk string, d time.Duration) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.m == nil || len(t.m) >= maxTenures {
+		t.m = make(map[string]time.Duration)
+	}
+	if old, ok := t.m[mk]; ok {
+		d = old + (d-old)/4
+	}
+	t.m[mk] = d
+}
+
+func (t *tenures) expected(mk string) time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.m[mk]
 }
 
 // expireIfOurs expires mk if it holds token, best-effort: it cleans up an

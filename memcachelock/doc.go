@@ -12,14 +12,17 @@
 // key. It is taken with add, whose value carries a random owner token, with
 // a lease of WithTTL (default 30 s); this happens before BEGIN, so a waiter
 // holds no database connection. While the transaction runs, the owner
-// refreshes the lease every TTL/3 (read, compare the token, CAS). Just before
-// COMMIT, Verify reads the item once and checks the token: a lock that is
-// gone or someone else's makes Run roll back and retry, never commit. Release
+// refreshes the lease every TTL/3 (every (TTL-1s)/2 for leases under 3 s):
+// read, compare the token, CAS. Just before COMMIT, Verify reads the item
+// once and checks the token: a lock that is gone or someone else's makes Run
+// roll back and retry, never commit. Release
 // compare-and-swaps the item, only if it still carries the token, either to
 // expired or to the next waiting process (gomemcache has no delete-with-CAS,
 // and a plain delete would free a lock someone else took after ours
 // expired). An uncontended Run costs three round trips: add, the gets of
-// Verify, and a CAS that reuses the CAS ID Verify read.
+// Verify, and a CAS that reuses the CAS ID Verify read. In a run guarded by
+// a lock held in the database (advisorylock), Verify is skipped, and the
+// release reads the item before its CAS instead.
 //
 // Keys memcached cannot take as they are (over 250 bytes with the prefix,
 // spaces, control or non-ASCII bytes, or starting with "#") are replaced by
@@ -98,6 +101,10 @@
 //     servers, so adding, removing or reordering servers moves keys: for a
 //     while two app servers with different lists take the same key on
 //     different servers, and both hold it;
+//   - a Locker knows memcached's availability as a whole, not per server:
+//     with several servers and one of them down, its other keys wait for
+//     the same probes and may be reported unavailable too; give each
+//     Locker a client of one server where that matters;
 //   - gomemcache calls cannot be cancelled: the Locker checks the context
 //     before each call, and each call is bounded by the client's Timeout,
 //     so a hung server can delay a return past the context by that much.

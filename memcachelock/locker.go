@@ -58,12 +58,13 @@ type Locker struct {
 	health  health              // memcached's availability
 	tokens  atomic.Uint64       // owner tokens issued
 	refresh chan struct{}       // one slot per refresh that may run at once
+	tenures tenures             // how long other processes keep each key
 	live    atomic.Int64        // holds with a running refresher, for leak checks
 	warned  struct {
 		sync.Mutex
-		at time.Time
-		n  int
-	} // fail-open warnings, rate-limited
+		at map[string]time.Time // when each warning was last logged
+		n  map[string]int       // how many were left out since
+	}
 }
 
 type config struct {
@@ -87,9 +88,9 @@ func invalid(format string, args ...any) error {
 
 // WithTTL sets the lease of each lock: how long memcached keeps it if its
 // holder stops refreshing it (crashed, paused, cut off). The holder
-// refreshes it every TTL/3 while its transaction runs, so a long
-// transaction does not lose it. d must be between MinTTL (2 s) and MaxTTL
-// (30 days). Expiry has a resolution of one second: a lock not refreshed
+// refreshes it every TTL/3 (every (TTL-1s)/2 under 3 s) while its
+// transaction runs, so a long transaction does not lose it. d must be
+// between MinTTL (2 s) and MaxTTL (30 days). Expiry has a resolution of one second: a lock not refreshed
 // may last between d-1s and d.
 func WithTTL(d time.Duration) Option {
 	return func(c *config) error {
@@ -335,32 +336,40 @@ func (l *Locker) lockKey(ctx context.Context, mk, name string, try, degrade bool
 }
 
 // degraded reports that Acquire carries on without a memcached lock: to
-// Run, and as a warning, at most one every warnEvery with a count of those
-// left out. Key values are not logged: they can be personal data.
+// Run, and as a warning. Key values are not logged: they can be personal
+// data.
 func (l *Locker) degraded(req txlock.Request, err error) {
 	if req.Degraded != nil {
 		req.Degraded(err)
-	}
-	l.warned.Lock()
-	defer l.warned.Unlock()
-	if time.Since(l.warned.at) < warnEvery {
-		l.warned.n++
-		return
 	}
 	why := "the run is guarded by a lock held in the database"
 	if !req.Guarded {
 		why = "fail-open"
 	}
+	l.warn("memcachelock: memcached unavailable, carrying on without its lock", "why", why, "err", err)
+}
+
+// warn logs msg at Warn, at most once every warnEvery per message, with a
+// count of the ones left out.
+func (l *Locker) warn(msg string, args ...any) {
+	l.warned.Lock()
+	defer l.warned.Unlock()
+	if l.warned.at == nil {
+		l.warned.at, l.warned.n = map[string]time.Time{}, map[string]int{}
+	}
+	if time.Since(l.warned.at[msg]) < warnEvery {
+		l.warned.n[msg]++
+		return
+	}
 	log := l.cfg.log
 	if log == nil {
 		log = slog.Default()
 	}
-	log.Warn("memcachelock: memcached unavailable, carrying on without its lock",
-		"why", why, "err", err, "suppressed", l.warned.n)
-	l.warned.at, l.warned.n = time.Now(), 0
+	log.Warn(msg, append(args, "suppressed", l.warned.n[msg])...)
+	l.warned.at[msg], l.warned.n[msg] = time.Now(), 0
 }
 
-// warnEvery rate-limits fail-open warnings.
+// warnEvery rate-limits warnings.
 const warnEvery = 10 * time.Second
 
 // callBudget bounds a cleanup that runs after the caller's context ended:
@@ -436,7 +445,8 @@ func (ls *lease) Verify(ctx context.Context) error {
 // directly, or the lock's value is compare-and-swapped to hand the key to the
 // next waiting process, or to expired. A lock found lost is left alone: it
 // is not an error, there is nothing to give back. Many keys are released
-// several at a time.
+// several at a time. When Release returns, the keys are free (or handed on):
+// a caller that does not wait can take them at once.
 func (ls *lease) Release(ctx context.Context) error {
 	keys := ls.keys
 	ls.keys = nil
@@ -445,23 +455,24 @@ func (ls *lease) Release(ctx context.Context) error {
 			k.h.attach(nil)
 		}
 	}
+	if len(keys) > parallelRelease {
+		return ls.l.releaseMany(ctx, keys)
+	}
+	var first error
+	for i := len(keys) - 1; i >= 0; i-- {
+		k := keys[i]
+		if err := ls.l.unlock(ctx, k.mk, k.h); err != nil && first == nil {
+			first = fmt.Errorf("memcachelock: release key %s: %w", keyfmt.Quote(k.name), err)
+		}
+	}
+	return first
+}
+
+// releaseMany releases many keys, several at a time, and returns the first
+// error.
+func (l *Locker) releaseMany(ctx context.Context, keys []held) error {
 	var mu sync.Mutex
 	var first error
-	release := func(k held) {
-		if err := ls.l.unlock(ctx, k.mk, k.h); err != nil {
-			mu.Lock()
-			if first == nil {
-				first = fmt.Errorf("memcachelock: release key %s: %w", keyfmt.Quote(k.name), err)
-			}
-			mu.Unlock()
-		}
-	}
-	if len(keys) <= parallelRelease {
-		for i := len(keys) - 1; i >= 0; i-- {
-			release(keys[i])
-		}
-		return first
-	}
 	work := make(chan held)
 	var wg sync.WaitGroup
 	for range parallelRelease {
@@ -469,7 +480,13 @@ func (ls *lease) Release(ctx context.Context) error {
 		go func() {
 			defer wg.Done()
 			for k := range work {
-				release(k)
+				if err := l.unlock(ctx, k.mk, k.h); err != nil {
+					mu.Lock()
+					if first == nil {
+						first = fmt.Errorf("memcachelock: release key %s: %w", keyfmt.Quote(k.name), err)
+					}
+					mu.Unlock()
+				}
 			}
 		}()
 	}

@@ -15,22 +15,35 @@ import (
 // by CAS, only while it still carries this hold's token: to the first
 // process whose wait has not ended, or to expired when none waits.
 
+// handOffLocal passes h to the next Run of this process that waits for
+// mk, when the hand-off policy allows, and reports whether it did. Then no
+// round trip is needed.
+func (l *Locker) handOffLocal(mk string, h *hold) bool {
+	if h == nil || !h.canHandOff(l.cfg.handoffLimit) {
+		return false
+	}
+	h.streak++
+	h.handedOn()
+	if l.local.HandOff(mk, h) {
+		return true
+	}
+	h.streak--
+	return false
+}
+
 // unlock gives up this process's place at the head of the key's local
-// queue, handing h on to the next local Run when it can.
+// queue: to the next local Run directly when it can (one may have arrived
+// since Release looked), otherwise by releasing the lock in memcached and
+// letting the next local Run, if any, take it from there.
 func (l *Locker) unlock(ctx context.Context, mk string, h *hold) error {
-	if h != nil && h.canHandOff(l.cfg.handoffLimit) {
-		h.streak++
-		h.handedOn()
-		if l.local.HandOff(mk, h) {
-			return nil
-		}
-		h.streak--
+	if l.handOffLocal(mk, h) {
+		return nil
 	}
 	var err error
 	if h != nil {
 		err = h.release(ctx, l.local.Waiters(mk) > 0)
 	}
-	l.local.Unlock(mk) // the next local Run, if any, takes the key from memcached
+	l.local.Unlock(mk)
 	return err
 }
 

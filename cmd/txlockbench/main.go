@@ -31,6 +31,7 @@ import (
 	"fmt"
 	"log"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"time"
 )
@@ -45,6 +46,7 @@ type options struct {
 	workers   int
 	modes     map[string]bool // empty: all
 	svg       string          // write a chart of the run here
+	cpuprof   string          // write a CPU profile of this process here
 }
 
 // want reports whether the row for mode should run.
@@ -71,14 +73,25 @@ func main() {
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
-	modes := flag.String("modes", "", "comma-separated modes to run (default all): bare, local, memcached, advisory, memcached+advisory, retry-only, add-poll-delete")
+	modes := flag.String("modes", "", "comma-separated rows to run (default all). uncontended: bare, bare-cancellable, bare+mc1..3 (a bare transaction plus 1 to 3 raw memcached round trips: the floor), bare+stmt1 (plus one trivial statement), local, local-pgx, local+commitcheck, memcached, advisory, advisory-rr, memcached+advisory; hot: retry-only, add-poll-delete, local, memcached, advisory, memcached+advisory; faults: the configurations by name")
 	flag.StringVar(&o.svg, "svg", "", "also draw the run's figures as an SVG chart into this file (e.g. docs/bench.svg)")
+	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the rows that run in one process) into this file")
 	flag.Parse()
 	if *modes != "" {
 		o.modes = map[string]bool{}
 		for _, m := range strings.Split(*modes, ",") {
 			o.modes[strings.TrimSpace(m)] = true
 		}
+	}
+	if o.cpuprof != "" {
+		f, err := os.Create(o.cpuprof)
+		if err != nil {
+			log.Fatal(err)
+		}
+		if err := pprof.StartCPUProfile(f); err != nil {
+			log.Fatal(err)
+		}
+		defer pprof.StopCPUProfile()
 	}
 	if err := run(context.Background(), o); err != nil {
 		log.Fatal(err)

@@ -35,7 +35,7 @@ func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, e
 func uncontended(ctx context.Context, e *benchEnv, o options) error {
 	const workers, rounds = 8, 6
 	modes := []string{"bare"}
-	for _, m := range []string{"bare-cancellable", "local", "local-pgx", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
+	for _, m := range []string{"bare-cancellable", "bare+mc1", "bare+mc2", "bare+mc3", "bare+stmt1", "local", "local-pgx", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
 		if o.want(m) {
 			modes = append(modes, m)
 		}

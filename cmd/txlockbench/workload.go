@@ -1,6 +1,9 @@
 package main
 
 import (
+	"strconv"
+	"strings"
+
 	"context"
 	"database/sql"
 	"encoding/json"
@@ -12,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/bradfitz/gomemcache/memcache"
 
 	"github.com/txlock/txlock"
 	"github.com/txlock/txlock/retry"
@@ -214,7 +219,28 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 		}
 		return reserve(ctx, tx, name)
 	}
-	if j.Mode == "bare" || j.Mode == "bare-cancellable" {
+	if n, ok := floorTrips(j.Mode); ok {
+		// The floor: a bare transaction plus n memcached round trips, as
+		// raw gomemcache calls, which is what a memcached lock cannot do
+		// with fewer.
+		for i := range n {
+			if _, err := floorClient(j.MC).Get("floor:" + name + ":" + strconv.Itoa(i)); err != nil && !errors.Is(err, memcache.ErrCacheMiss) {
+				return 1, err
+			}
+		}
+	}
+	if j.Mode == "bare+stmt1" {
+		// The floor of a lock taken inside the transaction: one more
+		// trivial statement in a bare transaction.
+		plain := body
+		body = func(ctx context.Context, tx *sql.Tx) error {
+			if _, err := tx.ExecContext(ctx, "SELECT 1"); err != nil {
+				return err
+			}
+			return plain(ctx, tx)
+		}
+	}
+	if j.Mode == "bare" || j.Mode == "bare-cancellable" || strings.HasPrefix(j.Mode, "bare+") {
 		if j.Mode == "bare-cancellable" {
 			var cancel context.CancelFunc
 			ctx, cancel = context.WithCancel(ctx)
@@ -280,4 +306,30 @@ func rotate(ctx context.Context, tx *sql.Tx, name string, work time.Duration) er
 func spin(d time.Duration) {
 	for start := time.Now(); time.Since(start) < d; {
 	}
+}
+
+// floorTrips reads the n of a floor mode, "bare+mcN".
+func floorTrips(mode string) (int, bool) {
+	rest, ok := strings.CutPrefix(mode, "bare+mc")
+	if !ok {
+		return 0, false
+	}
+	n, err := strconv.Atoi(rest)
+	return n, err == nil && n > 0
+}
+
+var floorMC struct {
+	sync.Once
+	c *memcache.Client
+}
+
+// floorClient is the process's client for the floor modes, configured as
+// the lockers' clients are.
+func floorClient(addr string) *memcache.Client {
+	floorMC.Do(func() {
+		floorMC.c = memcache.New(addr)
+		floorMC.c.Timeout = 500 * time.Millisecond
+		floorMC.c.MaxIdleConns = 64
+	})
+	return floorMC.c
 }
