@@ -124,10 +124,11 @@ func refLine(s *strings.Builder, x float64, n int, label string) {
 	fmt.Fprintf(s, `<text x="%.1f" y="%d" fill="#333" font-size="11" text-anchor="middle">%s</text>`, x, bottom+14, html.EscapeString(label))
 }
 
-// barColor tells txlock's rows from the baselines.
+// barColor tells txlock's rows from the baselines and floors (grey).
 func barColor(label string) string {
-	switch label {
-	case "bare", "bare-cancellable", "retry-only", "add-poll-delete":
+	switch {
+	case label == "bare", label == "bare-cancellable", label == "retry-only", label == "add-poll-delete",
+		strings.HasPrefix(label, "bare+"):
 		return "#b0b0b0"
 	}
 	return "#3b7dd8"
