@@ -42,6 +42,8 @@ type attempt struct {
 	txDone   bool // COMMIT was sent, or the rollback done: nothing left to end
 	start    time.Time
 
+	locking sync.Mutex // held by a Lock call for its whole duration
+
 	mu       sync.Mutex // guards what follows: lockers report from their goroutines, bodies call Lock and AfterCommit from theirs
 	state    attemptState
 	held     map[string]struct{}
@@ -80,9 +82,10 @@ func newAttempt(r *run, parent context.Context, n int) *attempt {
 	a := &attempt{cfg: r.cfg, db: r.db, keys: r.keys, n: n, parent: parent, start: time.Now()}
 	stable := a.plan()
 	// The body's context is cancelled when a lease is lost. When none can
-	// be and the caller's context cannot end, it is left uncancellable:
-	// drivers such as pgx watch every cancellable context, which costs.
-	if stable && parent.Done() == nil {
+	// be (and txlocktest injects no loss) and the caller's context cannot
+	// end, it is left uncancellable: drivers such as pgx watch every
+	// cancellable context, which costs.
+	if stable && parent.Done() == nil && len(r.cfg.faults) == 0 {
 		a.ctx, a.cancel = parent, func(error) {}
 	} else {
 		a.ctx, a.cancel = context.WithCancelCause(parent)
@@ -290,8 +293,8 @@ func (a *attempt) commit() error {
 	}
 	if errors.Is(err, sql.ErrTxDone) {
 		if cause := a.cause(); cause != nil {
-			// database/sql rolled back: the context ended first.
-			return fmt.Errorf("txlock: commit: %w", cause)
+			// COMMIT was not sent: the context ended first.
+			return fmt.Errorf("txlock: commit: %w (%w)", cause, err)
 		}
 		return fmt.Errorf("txlock: commit: %w (did the body commit or roll back the transaction itself?)", err)
 	}
@@ -305,10 +308,13 @@ func (a *attempt) lookUp(err error) (verdict, string, error) {
 	if !a.recorded {
 		return final, "", fmt.Errorf("%w: %w", ErrAmbiguousCommit, err)
 	}
-	out := CommitFoundAborted // no id: it wrote nothing, so nothing was committed
-	if a.txid != 0 {
-		out = lookupCommit(a.parent, a.db, a.txid)
+	if a.txid == 0 {
+		// No id before COMMIT: the body wrote nothing then, but COMMIT
+		// may still have done work that assigns one (NOTIFY, deferred
+		// triggers), under an id nobody recorded.
+		return final, "", fmt.Errorf("%w: %w (the transaction had no id before COMMIT to look up)", ErrAmbiguousCommit, err)
 	}
+	out := lookupCommit(a.parent, a.db, a.txid)
 	a.noteCommit(out)
 	switch out {
 	case CommitFoundCommitted:

@@ -9,7 +9,8 @@ import (
 // Lock takes more locks from inside a Run body, in every locker of the run,
 // and holds them until the transaction ends, like the keys given to Run.
 // Keys this attempt already holds are skipped, so locking a key twice is a
-// no-op. Each call may wait up to the run's lock wait.
+// no-op. Each call may wait up to the run's lock wait; calls from several
+// goroutines of one body are taken one after another.
 //
 // Keys taken this way come after the transaction has begun: they may be
 // taken out of the global order, and a locker that would otherwise take
@@ -36,6 +37,11 @@ func Lock(ctx context.Context, keys ...string) error {
 	if err != nil {
 		return err
 	}
+	// One Lock at a time per attempt: two for the same key from goroutines
+	// of one body would otherwise both find it not held yet, and the
+	// second would wait on the first for its whole lock wait.
+	a.locking.Lock()
+	defer a.locking.Unlock()
 	a.mu.Lock()
 	if a.state != stateBody {
 		a.mu.Unlock()

@@ -12,6 +12,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/txlock/txlock"
+	"github.com/txlock/txlock/internal/seam"
 	"github.com/txlock/txlock/internal/testenv"
 )
 
@@ -326,5 +327,56 @@ func TestCommitCheckWithAPoolOfOne(t *testing.T) {
 	}
 	if len(ev.evs) != 1 || ev.evs[0].Commit != txlock.CommitFoundCommitted {
 		t.Errorf("events %+v, want one attempt found committed", ev.evs)
+	}
+}
+
+// TestUnknownCommitWithoutAnID: a body that only sends a notification has
+// no transaction id before COMMIT (Postgres assigns it at COMMIT), so an
+// unknown outcome cannot be looked up, and must not be taken for an abort:
+// retrying would notify twice.
+func TestUnknownCommitWithoutAnID(t *testing.T) {
+	proxy, u := testenv.StartPGProxy(t, testenv.PostgresURL(t))
+	db := testenv.OpenURL(t, u)
+	calls := 0
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		calls++
+		if calls == 1 {
+			proxy.CutNextCommit()
+		}
+		_, err := tx.ExecContext(ctx, "SELECT pg_notify('txlock_test', 'hello')")
+		return err
+	}, txlock.WithCommitCheck(txlock.CommitCheckAlways))
+	if !errors.Is(err, txlock.ErrAmbiguousCommit) || calls != 1 {
+		t.Fatalf("Run = %v after %d calls, want ErrAmbiguousCommit after one", err, calls)
+	}
+}
+
+// cancelBeforeCommit is a fault that cancels the run's context just
+// before COMMIT would be sent.
+type cancelBeforeCommit struct{ cancel context.CancelFunc }
+
+func (cancelBeforeCommit) BodyStarted(context.Context, int) error { return nil }
+
+func (f cancelBeforeCommit) Commit(_ context.Context, _ int, commit func() error) error {
+	f.cancel()
+	return commit()
+}
+
+// TestCancelledJustBeforeCommitIsNotAmbiguous: a context that ends between
+// the last look before COMMIT and COMMIT itself makes database/sql (and
+// pgx) refuse to send it. That is the caller's cancellation, nothing
+// committed, not an unknown outcome.
+func TestCancelledJustBeforeCommitIsNotAmbiguous(t *testing.T) {
+	db := testenv.Postgres(t)
+	exec(t, db, "CREATE TABLE things (attempt int NOT NULL)")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	err := txlock.Run(ctx, db, []string{"k"}, insertAttempt,
+		seam.Option(cancelBeforeCommit{cancel}).(txlock.Option), txlock.WithCommitCheck(txlock.CommitCheckNever))
+	if !errors.Is(err, context.Canceled) || errors.Is(err, txlock.ErrAmbiguousCommit) {
+		t.Fatalf("Run = %v, want the cancellation, not an unknown outcome", err)
+	}
+	if got := rowsOf(t, db); len(got) != 0 {
+		t.Fatalf("rows %v: committed", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"database/sql/driver"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Database is what Run needs of a database, whatever its driver: a way to
@@ -71,10 +72,31 @@ type Tx interface {
 type sqlDatabase struct{ b Beginner }
 
 func (d sqlDatabase) BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error) {
-	return beginSQL(ctx, d.b, opts)
+	if db, ok := d.b.(*sql.DB); ok && systemOfDriver(db.Driver()) == "sqlite" {
+		// SQLite keeps a transaction open after a COMMIT that failed
+		// (SQLITE_BUSY), while database/sql puts the connection back in
+		// the pool as if it had ended: the next user of that connection
+		// would write inside it, and lose it all when it is closed. So
+		// the transaction runs on a connection held for it, rolled back
+		// after a failed COMMIT.
+		c, err := db.Conn(ctx)
+		if err != nil {
+			return nil, err
+		}
+		tx, err := beginSQL(ctx, c, opts, c)
+		if err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		tx.own = true
+		return tx, nil
+	}
+	return beginSQL(ctx, d.b, opts, nil)
 }
 
-func beginSQL(ctx context.Context, b Beginner, opts *sql.TxOptions) (Tx, error) {
+// beginSQL begins a transaction on b. conn, when not nil, is the
+// connection it runs on, to roll back on after a failed COMMIT (SQLite).
+func beginSQL(ctx context.Context, b Beginner, opts *sql.TxOptions, conn *sql.Conn) (*sqlTx, error) {
 	tx, err := b.BeginTx(ctx, opts)
 	if err != nil {
 		return nil, err
@@ -82,7 +104,7 @@ func beginSQL(ctx context.Context, b Beginner, opts *sql.TxOptions) (Tx, error) 
 	if tx == nil {
 		return nil, invalid("%T.BeginTx returned a nil *sql.Tx and no error", b)
 	}
-	return sqlTx{tx}, nil
+	return &sqlTx{tx: tx, conn: conn}, nil
 }
 
 func (d sqlDatabase) Conn(ctx context.Context) (Conn, error) {
@@ -125,7 +147,13 @@ func (c *sqlConn) QueryRow(ctx context.Context, query string, args ...any) Row {
 }
 
 func (c *sqlConn) BeginTx(ctx context.Context, opts *sql.TxOptions) (Tx, error) {
-	return beginSQL(ctx, c.c, opts)
+	var conn *sql.Conn
+	var drv any
+	_ = c.c.Raw(func(dc any) error { drv = dc; return nil })
+	if systemOfDriver(drv) == "sqlite" {
+		conn = c.c // see sqlDatabase.BeginTx
+	}
+	return beginSQL(ctx, c.c, opts, conn)
 }
 
 // Close returns a reserved connection to the pool. To discard one it makes
@@ -148,15 +176,46 @@ func (c *sqlConn) Close(discard bool) error {
 }
 
 // sqlTx adapts a *sql.Tx.
-type sqlTx struct{ tx *sql.Tx }
+type sqlTx struct {
+	tx   *sql.Tx
+	conn *sql.Conn // SQLite: the connection to roll back on after a failed COMMIT
+	own  bool      // conn was taken for this transaction: close it when it ends
+}
 
-func (t sqlTx) QueryRow(ctx context.Context, query string, args ...any) Row {
+func (t *sqlTx) QueryRow(ctx context.Context, query string, args ...any) Row {
 	return t.tx.QueryRowContext(ctx, query, args...)
 }
 
-// Commit commits; database/sql's Commit takes the context of BeginTx.
-func (t sqlTx) Commit(context.Context) error { return t.tx.Commit() }
+// Commit commits; database/sql's Commit takes the context of BeginTx. When
+// that context has ended, database/sql does not send COMMIT: it returns the
+// context's error as it is (drivers wrap theirs), which is reported as
+// sql.ErrTxDone, so that it is not taken for a COMMIT cut off in flight.
+func (t *sqlTx) Commit(context.Context) error {
+	err := t.tx.Commit()
+	if err != nil && t.conn != nil && !errors.Is(err, sql.ErrTxDone) {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		_, _ = t.conn.ExecContext(ctx, "ROLLBACK") // nothing to roll back is fine too
+		cancel()
+	}
+	t.done()
+	if err == context.Canceled || err == context.DeadlineExceeded { // the bare value is database/sql's own
+		return fmt.Errorf("%w (database/sql did not send COMMIT: %w)", sql.ErrTxDone, err)
+	}
+	return err
+}
 
-func (t sqlTx) Rollback(context.Context) error { return t.tx.Rollback() }
+func (t *sqlTx) Rollback(context.Context) error {
+	err := t.tx.Rollback()
+	t.done()
+	return err
+}
+
+// done gives back a connection taken for the transaction.
+func (t *sqlTx) done() {
+	if t.own {
+		_ = t.conn.Close()
+		t.own = false
+	}
+}
 
 var errNotSQLTx = fmt.Errorf("%w: the transaction is not a database/sql one", ErrInvalid)

@@ -405,6 +405,15 @@ func hostileRows() []hostileRow {
 				return <-errc
 			})
 		}},
+		{name: "two goroutines of a body Lock the same key at once", run: func(h *hostileEnv) error {
+			return h.run(h.ctx, []string{"a"}, func(ctx context.Context, tx *sql.Tx) error {
+				errc := make(chan error, 2)
+				for range 2 {
+					go func() { errc <- txlock.Lock(ctx, "order:42") }()
+				}
+				return errors.Join(<-errc, <-errc)
+			}, txlock.WithLockWait(300*time.Millisecond))
+		}},
 		{name: "Lock outside Run", want: txlock.ErrNotInRun, run: func(h *hostileEnv) error {
 			return txlock.Lock(h.ctx, "k")
 		}},

@@ -73,7 +73,7 @@ func Run(ctx context.Context, db Beginner, keys []string, fn func(ctx context.Co
 		return invalid("nil function")
 	}
 	return RunTx(ctx, sqlDatabase{db}, keys, func(ctx context.Context, tx Tx) error {
-		st, ok := tx.(sqlTx)
+		st, ok := tx.(*sqlTx)
 		if !ok {
 			return errNotSQLTx
 		}

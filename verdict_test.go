@@ -54,6 +54,7 @@ func TestDecide(t *testing.T) {
 		{"8 body's own error", body, phaseBody, nil, false, final, ""},
 		{"8 lock wait timeout from the database", pg("55P03"), phaseBody, nil, false, final, ""},
 		{"8 statement timeout", pg("57014"), phaseBody, nil, false, final, ""},
+		{"8 the body's own context deadline", fmt.Errorf("query: %w", context.DeadlineExceeded), phaseBody, nil, false, final, ""},
 		{"8 check violation at COMMIT", pg("23514"), phaseCommit, nil, false, final, ""},
 		{"9 body ended the transaction", fmt.Errorf("commit: %w", sql.ErrTxDone), phaseCommit, nil, false, final, ""},
 		{"9 database/sql rolled back for a gone caller", fmt.Errorf("commit: %w", sql.ErrTxDone), phaseCommit, nil, true, final, ""},

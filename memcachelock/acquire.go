@@ -87,10 +87,12 @@ func (t *taker) take(ctx context.Context) (*hold, error) {
 		}
 		h, wait, err := t.step(first)
 		if errors.Is(err, txlock.ErrLockBusy) {
-			t.l.health.exit(probe, nil) // memcached answered: the key is taken
-		} else {
-			t.l.health.exit(probe, err)
+			// memcached answered: the key is taken. That is no sign of an
+			// outage, for health nor for the caller.
+			t.l.health.exit(probe, nil)
+			return nil, err
 		}
+		t.l.health.exit(probe, err)
 		switch {
 		case h != nil:
 			return h, nil
@@ -241,23 +243,33 @@ func (t *taker) claim(it *memcache.Item, v lockValue) (*hold, error) {
 // hand-off must not outlive the wait of the one it was handed to), and
 // report it busy otherwise.
 func (t *taker) stealLapsed() (*hold, time.Duration, error) {
-	it, err := t.l.get(t.mk)
-	switch {
-	case errors.Is(err, memcache.ErrCacheMiss):
-		h, err := t.add()
-		if h == nil && err == nil {
-			err = t.busy()
+	for range 2 {
+		it, err := t.l.get(t.mk)
+		switch {
+		case errors.Is(err, memcache.ErrCacheMiss):
+			h, err := t.add()
+			if h == nil && err == nil {
+				err = t.busy()
+			}
+			return h, 0, err
+		case err != nil:
+			return nil, 0, err
 		}
-		return h, 0, err
-	case err != nil:
-		return nil, 0, err
-	}
-	if v, ok := parseValue(it.Value); ok && v.state == stateHandoff && time.Now().UnixMilli() > v.until {
-		h, err := t.claim(it, v)
-		if h == nil && err == nil {
-			err = t.busy()
+		v, ok := parseValue(it.Value)
+		switch {
+		case ok && v.state == stateHeld && v.owner == t.token:
+			// An add or claim of ours was applied though its answer was
+			// lost (the retry on a new connection then found the key
+			// taken): it is ours.
+			return t.l.newHold(t.mk, t.token, v.queue, time.Now().Add(-t.l.cfg.ttl/2)), 0, nil
+		case ok && v.state == stateHandoff && time.Now().UnixMilli() > v.until:
+			h, err := t.claim(it, v)
+			if h != nil || err != nil {
+				return h, 0, err
+			}
+			continue // lost the race, or the claim's answer: look once more
 		}
-		return h, 0, err
+		return nil, 0, t.busy()
 	}
 	return nil, 0, t.busy()
 }

@@ -80,9 +80,12 @@
 // hand-off never outlives the wait of the one it was handed to, so a
 // process that gave up cannot keep the key from the others. The key
 // rotates between processes in queue order, and polling faster gains
-// nothing: the first process in line polls every 200 µs to 2 ms, depending
-// on how long the current holder has had the key, the others more slowly,
-// all with jitter.
+// nothing. The first process in line learns how long processes keep the
+// key and waits out most of the holder's expected tenure, then polls every
+// 200 µs, so a key handed to it is claimed at once; without an expectation
+// it polls every 200 µs to 2 ms, depending on how long the current holder
+// has had the key; the others poll more slowly, up to every 5 ms; all with
+// jitter.
 //
 // # Limits
 //

@@ -408,11 +408,11 @@ func (ls *lease) onLost(cause error) {
 // again), or, with WithFailOpen, nil. The CAS IDs read here let an
 // unchanged lock be released with a single CAS.
 func (ls *lease) Verify(ctx context.Context) error {
-	hs := make([]*hold, 0, len(ls.keys))
+	hs := make([]held, 0, len(ls.keys))
 	keys := make([]string, 0, len(ls.keys))
 	for _, k := range ls.keys {
 		if k.h != nil {
-			hs = append(hs, k.h)
+			hs = append(hs, k)
 			keys = append(keys, k.mk)
 		}
 	}
@@ -432,9 +432,9 @@ func (ls *lease) Verify(ctx context.Context) error {
 		}
 		return unavailable("verify", err)
 	}
-	for i, h := range hs {
-		if err := h.observe(items[h.mk]); err != nil {
-			return fmt.Errorf("memcachelock: verify key %s: %w", keyfmt.Quote(ls.keys[i].name), err)
+	for _, k := range hs {
+		if err := k.h.observe(items[k.mk]); err != nil {
+			return fmt.Errorf("memcachelock: verify key %s: %w", keyfmt.Quote(k.name), err)
 		}
 	}
 	return nil

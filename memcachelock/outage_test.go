@@ -1,6 +1,7 @@
 package memcachelock
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"errors"
@@ -242,5 +243,135 @@ func fillMemcached(t *testing.T, c *memcache.Client) {
 			}
 			break
 		}
+	}
+}
+
+// TestBusyIsNotAnOutage: a key held by another Locker, asked for without
+// waiting, is ErrLockBusy, never ErrLockUnavailable: a Locker that may carry
+// on without memcached (fail-open, or a run guarded by advisory locks) must
+// not take a busy key for an outage and go ahead without the lock.
+func TestBusyIsNotAnOutage(t *testing.T) {
+	m, c := startMemcached(t)
+	ctx := context.Background()
+	holder := newLocker(t, client(nil, m.Addr()))
+	held, err := holder.Acquire(ctx, txlock.Request{Keys: []string{"k"}, TryOnce: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held.Release(ctx)
+	for _, tc := range []struct {
+		name string
+		l    *Locker
+		req  txlock.Request
+	}{
+		{"plain", newLocker(t, c), txlock.Request{Keys: []string{"k"}, TryOnce: true}},
+		{"fail-open", newLocker(t, c, WithFailOpen(slog.New(slog.DiscardHandler))), txlock.Request{Keys: []string{"k"}, TryOnce: true}},
+		{"guarded", newLocker(t, c, WithLogger(slog.New(slog.DiscardHandler))), txlock.Request{Keys: []string{"k"}, TryOnce: true, Guarded: true}},
+	} {
+		var degraded error
+		tc.req.Degraded = func(err error) { degraded = err }
+		lease, err := tc.l.Acquire(ctx, tc.req)
+		if err == nil {
+			_ = lease.Release(ctx)
+		}
+		if !errors.Is(err, txlock.ErrLockBusy) || errors.Is(err, txlock.ErrLockUnavailable) || degraded != nil {
+			t.Errorf("%s: Acquire of a held key = %v (degraded: %v), want ErrLockBusy alone", tc.name, err, degraded)
+		}
+	}
+}
+
+// cutProxy forwards TCP to addr and, once armed, swallows the answer to the
+// next command that contains cut and closes the client's connection: the
+// command was applied, its answer lost.
+type cutProxy struct {
+	l     net.Listener
+	addr  string
+	cut   []byte
+	armed atomic.Bool
+}
+
+func startCutProxy(t *testing.T, addr, cut string) *cutProxy {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &cutProxy{l: l, addr: addr, cut: []byte(cut)}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go p.serve(c)
+		}
+	}()
+	return p
+}
+
+func (p *cutProxy) serve(client net.Conn) {
+	defer client.Close()
+	server, err := net.Dial("tcp", p.addr)
+	if err != nil {
+		return
+	}
+	defer server.Close()
+	var swallow atomic.Bool
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			n, err := server.Read(buf)
+			if n > 0 && swallow.Load() {
+				client.Close()
+				return
+			}
+			if n > 0 {
+				if _, err := client.Write(buf[:n]); err != nil {
+					return
+				}
+			}
+			if err != nil {
+				client.Close()
+				return
+			}
+		}
+	}()
+	buf := make([]byte, 4096)
+	for {
+		n, err := client.Read(buf)
+		if n > 0 {
+			if bytes.Contains(buf[:n], p.cut) && p.armed.CompareAndSwap(true, false) {
+				swallow.Store(true)
+			}
+			if _, err := server.Write(buf[:n]); err != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// TestLostAddAnswerIsOurs: an add applied whose answer was lost (the
+// connection broke after memcached stored it) leaves an item with this
+// Locker's own token. Asked for without waiting, the Locker recognises it
+// as its own instead of reporting the key busy and leaving the lock behind
+// for a whole lease.
+func TestLostAddAnswerIsOurs(t *testing.T) {
+	m := testenv.StartMemcached(t)
+	p := startCutProxy(t, m.Addr(), "add ")
+	l := newLocker(t, memcache.New(p.l.Addr().String()))
+	ctx := context.Background()
+	p.armed.Store(true)
+	lease, err := l.Acquire(ctx, txlock.Request{Keys: []string{"k"}, TryOnce: true})
+	if err != nil {
+		t.Fatalf("TryOnce Acquire whose add answer was lost: %v", err)
+	}
+	if err := lease.Release(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := client(nil, m.Addr()).Get(memKey(DefaultPrefix, "k")); err == nil {
+		t.Fatal("the lock is still in memcached after its release")
 	}
 }

@@ -1,8 +1,10 @@
 package sqladapter
 
 import (
+	"context"
 	"database/sql/driver"
 	"errors"
+	"net/url"
 	"reflect"
 	"slices"
 	"strconv"
@@ -117,7 +119,8 @@ func (c Classifier) Classify(err error, phase Phase) Class {
 		switch {
 		case code&0xff == sqliteBusy, code&0xff == sqliteLocked:
 			// A busy COMMIT in SQLite did not commit either: the
-			// transaction stays open and Run rolls it back.
+			// transaction stays open; txlock rolls it back on the
+			// connection it held for it, before the next attempt.
 			return Retryable
 		case code == sqliteConstraintUnique, code == sqliteConstraintPK:
 			if c.NoUniqueRetry || len(c.UniqueConstraints) > 0 {
@@ -135,7 +138,7 @@ func (c Classifier) Classify(err error, phase Phase) Class {
 	// reports the next read on it as a lock error), though COMMIT was sent
 	// and may have been applied. So at COMMIT it is a connection error
 	// like any other: ambiguous.
-	if safeToRetry(err) || IsConnError(err) {
+	if IsConnError(err) {
 		return connLost(phase)
 	}
 	return Permanent
@@ -205,21 +208,22 @@ func safeToRetry(err error) bool {
 	return errors.As(err, &e) && e.SafeToRetry()
 }
 
-// IsConnError reports whether err means the connection, not the
-// statement, failed: driver.ErrBadConn, a broken or refused connection,
-// any net.Error, or pgx's "conn closed".
+// IsConnError reports whether err means the database connection, not the
+// statement, failed: driver.ErrBadConn, pgconn's errors marked safe to
+// retry (a closed connection among them), a connection broken, reset or
+// refused, or another network error. It never counts the context's own
+// errors (a deadline the body set, a cancellation: those are the caller's
+// to judge) nor an HTTP client's (*url.Error: a body's call to another
+// service, not the database).
 func IsConnError(err error) bool {
-	if err == nil {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return false
 	}
-	if errors.Is(err, driver.ErrBadConn) || neterr.Unreachable(err) {
-		return true
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return false
 	}
-	// pgx reports a connection closed under a statement as a plain error
-	// wrapping nothing; its safe-to-retry variants are handled by Classify.
-	msg := err.Error()
-	return strings.Contains(msg, "conn closed") || strings.Contains(msg, "connection reset") ||
-		strings.Contains(msg, "broken pipe") || strings.Contains(msg, "unexpected EOF")
+	return errors.Is(err, driver.ErrBadConn) || safeToRetry(err) || neterr.Unreachable(err)
 }
 
 // Reason names what makes a retryable error retryable, in snake case:
@@ -253,7 +257,7 @@ func Reason(err error) string {
 		}
 		return ""
 	}
-	if safeToRetry(err) || IsConnError(err) {
+	if IsConnError(err) {
 		return "connection_lost"
 	}
 	return ""

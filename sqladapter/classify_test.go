@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/url"
 	"syscall"
 	"testing"
 
@@ -79,6 +80,10 @@ func TestClassify(t *testing.T) {
 		{"EOF at commit", fmt.Errorf("commit: %w", io.ErrUnexpectedEOF), sqladapter.AtCommit, sqladapter.Ambiguous},
 		{"net error at commit", netErr, sqladapter.AtCommit, sqladapter.Ambiguous},
 		{"context canceled", context.Canceled, sqladapter.InTx, sqladapter.Permanent},
+		{"the body's own deadline", fmt.Errorf("query: %w", context.DeadlineExceeded), sqladapter.InTx, sqladapter.Permanent},
+		{"an HTTP call of the body's", &url.Error{Op: "Post", URL: "http://payments", Err: netErr}, sqladapter.InTx, sqladapter.Permanent},
+		{"another service's message", errors.New("payment service: unexpected EOF"), sqladapter.InTx, sqladapter.Permanent},
+		{"connection refused in tx", &net.OpError{Op: "dial", Net: "tcp", Err: syscall.ECONNREFUSED}, sqladapter.InTx, sqladapter.Retryable},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if got := sqladapter.Classify(tc.err, tc.phase); got != tc.want {

@@ -718,3 +718,30 @@ func TestNestedRunIsRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestLostSingleConnectionIsNotRetried: a *pgx.Conn whose backend is
+// terminated cannot carry another attempt; Run says so after the one that
+// broke instead of running every attempt against a closed connection.
+func TestLostSingleConnectionIsNotRetried(t *testing.T) {
+	pool := postgres(t)
+	conn, err := pgx.Connect(context.Background(), testenv.PostgresURL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	var ev events
+	err = txlockpgx.Run(context.Background(), conn, []string{"k"}, func(ctx context.Context, tx pgx.Tx) error {
+		var pid int
+		if err := tx.QueryRow(ctx, "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+			return err
+		}
+		if _, err := pool.Exec(ctx, "SELECT pg_terminate_backend($1)", pid); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "SELECT 1")
+		return err
+	}, ev.option(), txlock.WithMaxAttempts(5))
+	if err == nil || errors.Is(err, txlock.ErrTooManyAttempts) || len(ev.all()) != 2 {
+		t.Fatalf("Run = %v after %d attempts; want a final error on the second", err, len(ev.all()))
+	}
+}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/txlock/txlock"
@@ -131,6 +132,11 @@ func begin(ctx context.Context, b Beginner, opts *sql.TxOptions) (txlock.Tx, err
 	if err != nil {
 		return nil, err
 	}
+	if closed(b) {
+		// One connection, already lost: running the attempt again on it
+		// cannot succeed, so this is not the retryable "connection lost".
+		return nil, errConnGone
+	}
 	tx, err := b.BeginTx(ctx, o)
 	if err != nil {
 		return nil, err
@@ -139,6 +145,19 @@ func begin(ctx context.Context, b Beginner, opts *sql.TxOptions) (txlock.Tx, err
 		return nil, fmt.Errorf("%w: txlockpgx: %T.BeginTx returned a nil pgx.Tx and no error", txlock.ErrInvalid, b)
 	}
 	return pgxTx{tx}, nil
+}
+
+var errConnGone = errors.New("txlockpgx: the connection is closed, and a single connection is not replaced: open a new one")
+
+// closed reports whether b is a single connection that has been closed.
+func closed(b Beginner) bool {
+	switch b := b.(type) {
+	case *pgx.Conn:
+		return b.IsClosed()
+	case *pgxpool.Conn:
+		return b.Conn().IsClosed()
+	}
+	return false
 }
 
 // txOptions maps database/sql's transaction options to pgx's, as pgx's
@@ -254,7 +273,16 @@ func (t pgxTx) QueryRow(ctx context.Context, query string, args ...any) txlock.R
 }
 
 // Commit commits with ctx, which pgx uses for the COMMIT statement.
-func (t pgxTx) Commit(ctx context.Context) error { return txDone(t.tx.Commit(ctx)) }
+// Commit commits. When ctx has already ended, pgx does not send COMMIT
+// (its error is safe to retry and wraps the context's): that is reported
+// as sql.ErrTxDone, so that it is not taken for a COMMIT cut off in flight.
+func (t pgxTx) Commit(ctx context.Context) error {
+	err := t.tx.Commit(ctx)
+	if err != nil && ctx.Err() != nil && pgconn.SafeToRetry(err) && errors.Is(err, ctx.Err()) {
+		return fmt.Errorf("%w (pgx did not send COMMIT: %w)", sql.ErrTxDone, err)
+	}
+	return txDone(err)
+}
 
 func (t pgxTx) Rollback(ctx context.Context) error { return txDone(t.tx.Rollback(ctx)) }
 

@@ -174,3 +174,23 @@ func TestLocker(t *testing.T) {
 		t.Error("Lose of a key nobody holds reported true")
 	}
 }
+
+// TestLoseLeaseOnCancelsTheBody: even with the in-process locker, whose
+// leases cannot really be lost, and a context that cannot end, the body of
+// the chosen attempt sees its context end with a cause wrapping
+// txlock.ErrLockLost.
+func TestLoseLeaseOnCancelsTheBody(t *testing.T) {
+	db := postgres(t)
+	var seen error
+	err := txlock.Run(context.Background(), db, []string{"k"}, func(ctx context.Context, tx *sql.Tx) error {
+		if txlock.Attempt(ctx) == 1 {
+			<-ctx.Done()
+			seen = context.Cause(ctx)
+			return seen
+		}
+		return insertAttempt(ctx, tx)
+	}, txlocktest.LoseLeaseOn(1))
+	if err != nil || !errors.Is(seen, txlock.ErrLockLost) {
+		t.Fatalf("Run = %v, cause seen by attempt 1 = %v; want success and a cause wrapping ErrLockLost", err, seen)
+	}
+}

@@ -33,19 +33,20 @@ type Cache[T any] struct {
 	m sync.Map // weak.Pointer[T] → *entry
 }
 
-// entry is what is known of one handle. mu is held while a probe runs, so
-// that a handle is probed by one goroutine at a time and the others wait
-// for its answer.
+// entry is what is known of one handle. One goroutine at a time probes
+// it; the others wait for that probe's answer, or for their own context.
 type entry struct {
 	mu       sync.Mutex
 	answered bool
 	yes      bool
+	probing  chan struct{} // closed when the probe in flight ends; nil when none is
 }
 
 // Ask returns the answer for h, running ask (which should run Query on h)
 // the first time, and again later as long as no answer came: a probe that
 // timed out, lost its connection or met a server shutting down or full is
-// not remembered.
+// not remembered. A caller whose context ends while another's probe is in
+// flight gets no.
 func (c *Cache[T]) Ask(ctx context.Context, h *T, ask func(ctx context.Context) (bool, error)) bool {
 	key := weak.Make(h)
 	v, ok := c.m.Load(key)
@@ -57,12 +58,32 @@ func (c *Cache[T]) Ask(ctx context.Context, h *T, ask func(ctx context.Context) 
 		}
 	}
 	e := v.(*entry)
-	e.mu.Lock()
-	defer e.mu.Unlock()
-	if !e.answered {
-		e.yes, e.answered = run(ctx, ask)
+	for {
+		e.mu.Lock()
+		if e.answered {
+			yes := e.yes
+			e.mu.Unlock()
+			return yes
+		}
+		if e.probing == nil {
+			done := make(chan struct{})
+			e.probing = done
+			e.mu.Unlock()
+			yes, answered := run(ctx, ask)
+			e.mu.Lock()
+			e.yes, e.answered, e.probing = yes, answered, nil
+			e.mu.Unlock()
+			close(done)
+			return yes
+		}
+		done := e.probing
+		e.mu.Unlock()
+		select {
+		case <-done:
+		case <-ctx.Done():
+			return false
+		}
 	}
-	return e.yes
 }
 
 // Known reports the remembered answer for h, if there is one.

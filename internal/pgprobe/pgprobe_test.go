@@ -63,3 +63,38 @@ func TestCache(t *testing.T) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestWaitersKeepTheirContext: while one probe is in flight, another caller
+// waits for it only as long as its own context lets it.
+func TestWaitersKeepTheirContext(t *testing.T) {
+	var c Cache[handle]
+	h := &handle{}
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go c.Ask(context.Background(), h, func(context.Context) (bool, error) {
+		close(started)
+		<-release
+		return true, nil
+	})
+	<-started
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	if c.Ask(ctx, h, func(context.Context) (bool, error) { t.Error("a second probe ran"); return true, nil }) {
+		t.Error("a waiter whose context ended got yes")
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("the waiter waited %v past its context", d)
+	}
+	close(release)
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		if yes, known := c.Known(h); known && yes {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the first probe's answer was not remembered")
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
