@@ -547,15 +547,9 @@ func (a *attempt) take(wctx context.Context, from, to int, st Stage, conn Querie
 	return taken, nil
 }
 
-// queuedBefore reports whether a locker listed before locker i, whose
-// leases can expire, holds the keys in this attempt (see Request.Queued):
-// it does unless one of them has carried on without its locks.
+// queuedBefore reports whether a locker listed before locker i has leases
+// that can expire (see Request.Queued).
 func (a *attempt) queuedBefore(i int) bool {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.degraded != nil {
-		return false
-	}
 	for j := range i {
 		if !a.stable[j] {
 			return true

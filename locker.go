@@ -121,14 +121,14 @@ type Request struct {
 	// reports and does not call its Verify.
 	Guarded bool
 
-	// Queued reports that an earlier Locker of this run, one whose leases
-	// can expire (memcachelock), already holds these keys in this
-	// attempt: writers queue there, so this Locker's locks are normally
-	// free when asked for. When one is not, its holder has outlived its
-	// lease there (it was paused or cut off). A Locker that would wait in
-	// its server's queue should then poll instead: a lock granted in a
-	// queue to a waiter that has itself been paused stays held for as
-	// long as that pause, and such holds chain.
+	// Queued reports that an earlier Locker of this run has leases that
+	// can expire (memcachelock): writers queue there, so this Locker's
+	// locks are normally free when asked for. When one is not, its holder
+	// has outlived its lease there (it was paused or cut off), or that
+	// Locker's service is down and writers come straight here. A Locker
+	// that would wait in its server's queue should then poll instead: a
+	// lock granted in a queue to a waiter that has itself been paused
+	// stays held for as long as that pause, and such holds chain.
 	Queued bool
 
 	// Lost tells Run that a lease has been lost while the attempt runs:

@@ -94,10 +94,11 @@
 // (txlock.WithLocker(memcachelock.New(mc), advisorylock.New())), writers
 // queue there and the advisory lock is normally free when asked for. When
 // it is not, its holder outlived its memcached lease (it was paused or cut
-// off), and Acquire polls the lock (every 1 ms, backing off to 20 ms)
-// instead of waiting in Postgres's queue: Postgres grants a queued lock to
-// a waiter even while that waiter's process is paused, and the waiter then
-// holds it for the whole pause; under repeated pauses such holds chain.
+// off), or memcached is down and writers come straight here; Acquire then
+// polls the lock (every 1 ms, backing off to 20 ms) instead of waiting in
+// Postgres's queue: Postgres grants a queued lock to a waiter even while
+// that waiter's process is paused, and the waiter then holds it for the
+// whole pause; under repeated pauses such holds chain.
 //
 // A failed lock statement aborts the transaction, as any failed statement
 // does in Postgres: Run rolls it back. When txlock.Lock fails inside a body,
