@@ -69,8 +69,12 @@ func (l *Locker) newTaker(ctx context.Context, mk, name string, try, degrade boo
 // at once. While memcached cannot be reached it waits for it to come back,
 // within ctx, unless the caller may carry on without the lock.
 func (t *taker) take(ctx context.Context) (*hold, error) {
-	timer := time.NewTimer(time.Hour)
-	defer timer.Stop()
+	var timer *time.Timer // made on the first wait: most takes never wait
+	defer func() {
+		if timer != nil {
+			timer.Stop()
+		}
+	}()
 	var down error // the last failure to reach memcached, if the last step failed so
 	for first := true; ; first = false {
 		if ctx.Err() != nil {
@@ -108,7 +112,11 @@ func (t *taker) take(ctx context.Context) (*hold, error) {
 		if wait == 0 {
 			continue
 		}
-		timer.Reset(wait)
+		if timer == nil {
+			timer = time.NewTimer(wait)
+		} else {
+			timer.Reset(wait)
+		}
 		select {
 		case <-timer.C:
 		case <-ctx.Done():

@@ -216,7 +216,7 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 		return c
 	}
 	switch mode {
-	case "bare", "bare-cancellable", "retry-only", "bare+mc1", "bare+mc2", "bare+mc3", "bare+stmt1":
+	case "bare", "bare-cancellable", "retry-only", "bare+mc1", "bare+mc2", "bare+mc3", "bare+mclock", "bare+stmt1", "bare+advlock":
 		return nil, nil
 	case "add-poll-delete":
 		return []txlock.Option{txlock.WithLocker(&addPollLocker{mc: mc()})}, nil

@@ -73,7 +73,7 @@ func main() {
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
-	modes := flag.String("modes", "", "comma-separated rows to run (default all). uncontended: bare, bare-cancellable, bare+mc1..3 (a bare transaction plus 1 to 3 raw memcached round trips: the floor), bare+stmt1 (plus one trivial statement), local, local-pgx, local+commitcheck, memcached, advisory, advisory-rr, memcached+advisory; hot: retry-only, add-poll-delete, local, memcached, advisory, memcached+advisory; faults: the configurations by name")
+	modes := flag.String("modes", "", "comma-separated rows to run (default all). uncontended: bare, bare-cancellable, bare+mc1..3 (a bare transaction plus 1 to 3 raw memcached round trips: the floor), bare+mclock (plus the memcached locker's three round trips as raw calls: add, gets, CAS), bare+stmt1 (plus one trivial statement), bare+advlock (plus the advisory locker's statement, raw), local, local-pgx, local+commitcheck, memcached, advisory, advisory-rr, memcached+advisory; hot: retry-only, add-poll-delete, local, memcached, advisory, memcached+advisory; faults: the configurations by name")
 	flag.StringVar(&o.svg, "svg", "", "also draw the run's figures as an SVG chart into this file (e.g. docs/bench.svg)")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the rows that run in one process) into this file")
 	flag.Parse()

@@ -35,7 +35,7 @@ func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, e
 func uncontended(ctx context.Context, e *benchEnv, o options) error {
 	const workers, rounds = 8, 6
 	modes := []string{"bare"}
-	for _, m := range []string{"bare-cancellable", "bare+mc1", "bare+mc2", "bare+mc3", "bare+stmt1", "local", "local-pgx", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
+	for _, m := range []string{"bare-cancellable", "bare+mc1", "bare+mc2", "bare+mc3", "bare+mclock", "bare+stmt1", "bare+advlock", "local", "local-pgx", "local+commitcheck", "memcached", "advisory", "advisory-rr", "memcached+advisory"} {
 		if o.want(m) {
 			modes = append(modes, m)
 		}
@@ -47,6 +47,7 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 		tally
 		ops     int64
 		seconds float64
+		cpu     float64 // busy CPU seconds of the whole machine
 		bad     int
 	}
 	accs := map[string]*acc{}
@@ -64,10 +65,12 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 			if err != nil {
 				return err
 			}
+			cpu0 := cpuBusy()
 			r, err := runProcs(ctx, j, 1)
 			if err != nil {
 				return err
 			}
+			cpu := cpuBusy() - cpu0
 			ops1, _ := mcOps(e.mcAddr)
 			dups, missing, err := e.check(ctx, r.Cold.Commits)
 			if err != nil {
@@ -77,11 +80,12 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 			a.merge(r.Cold)
 			a.ops += ops1 - ops0
 			a.seconds += slice.Seconds()
+			a.cpu += cpu
 			a.bad += dups + missing
 		}
 	}
 	tw := tabwriter.NewWriter(os.Stdout, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "mode\tcommits/s\tvs bare\tvs local\tmemcached ops/run\tp99 ms\terrors\tdups\t")
+	fmt.Fprintln(tw, "mode\tcommits/s\tvs bare\tvs local\tmemcached ops/run\tCPU µs/run\tp99 ms\terrors\tdups\t")
 	rate := func(m string) float64 { return float64(accs[m].Commits) / accs[m].seconds }
 	for _, mode := range modes {
 		a := accs[mode]
@@ -89,8 +93,8 @@ func uncontended(ctx context.Context, e *benchEnv, o options) error {
 		if mode != "bare" && accs["local"] != nil {
 			vsLocal = fmt.Sprintf("%.3f", rate(mode)/rate("local"))
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.2f\t%d\t%d\t\n", mode, rate(mode), rate(mode)/rate("bare"), vsLocal,
-			float64(a.ops)/float64(max(a.Commits, 1)), pct(a.Lat, 0.99)*1000, a.Errors, a.bad)
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%s\t%.2f\t%.0f\t%.2f\t%d\t%d\t\n", mode, rate(mode), rate(mode)/rate("bare"), vsLocal,
+			float64(a.ops)/float64(max(a.Commits, 1)), a.cpu/float64(max(a.Commits, 1))*1e6, pct(a.Lat, 0.99)*1000, a.Errors, a.bad)
 		chart.Uncontended = append(chart.Uncontended, bar{mode, rate(mode) / rate("bare")})
 		if a.FirstErr != "" {
 			defer fmt.Printf("  %s: first error: %s\n", mode, a.FirstErr)

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"hash/crc32"
 	"strconv"
 	"strings"
 
@@ -229,6 +230,22 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 			}
 		}
 	}
+	if j.Mode == "bare+mclock" {
+		return 1, rawMemcachedLock(ctx, db, floorClient(j.MC), name, body)
+	}
+	if j.Mode == "bare+advlock" {
+		// The floor of the advisory locker: its lock statement, raw, as
+		// the first statement of a bare transaction.
+		plain := body
+		body = func(ctx context.Context, tx *sql.Tx) error {
+			var busy int
+			var isolation string
+			if err := tx.QueryRowContext(ctx, rawAdvisoryLock, int64(crc32.ChecksumIEEE([]byte(name)))).Scan(&busy, &isolation); err != nil {
+				return err
+			}
+			return plain(ctx, tx)
+		}
+	}
 	if j.Mode == "bare+stmt1" {
 		// The floor of a lock taken inside the transaction: one more
 		// trivial statement in a bare transaction.
@@ -268,6 +285,39 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 	}
 	err := txlock.Run(ctx, db, keys, body, opts...)
 	return attempts, err
+}
+
+// rawAdvisoryLock is advisorylock's statement for one key at READ
+// COMMITTED.
+const rawAdvisoryLock = `SELECT CASE WHEN pg_try_advisory_xact_lock($1) THEN 0 ELSE 1 END, current_setting('transaction_isolation')`
+
+// rawMemcachedLock is the floor of the memcached locker: the three round
+// trips its uncontended Run makes, as raw gomemcache calls at the same
+// points (add before BEGIN, gets before COMMIT, CAS to expired after it),
+// with none of its bookkeeping.
+func rawMemcachedLock(ctx context.Context, db *sql.DB, c *memcache.Client, name string, body func(context.Context, *sql.Tx) error) error {
+	k := "floor:lock:" + name
+	if err := c.Add(&memcache.Item{Key: k, Value: []byte("H owner-token"), Expiration: 30}); err != nil {
+		return err
+	}
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		return err
+	}
+	if err := body(ctx, tx); err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	it, err := c.Get(k)
+	if err != nil {
+		_ = tx.Rollback()
+		return err
+	}
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	it.Value, it.Expiration = []byte("X"), -1
+	return c.CompareAndSwap(it)
 }
 
 var errTaken = errors.New("name taken")
