@@ -46,7 +46,7 @@ type attempt struct {
 
 	mu       sync.Mutex // guards what follows: lockers report from their goroutines, bodies call Lock and AfterCommit from theirs
 	state    attemptState
-	held     map[string]struct{}
+	added    map[string]struct{} // keys taken by Lock, beyond the run's own
 	leases   []heldLease
 	after    []func()
 	lostErr  error // the lease loss that stops this attempt from committing
@@ -502,12 +502,6 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 		return ErrNotInRun
 	}
 	a.leases = append(a.leases, taken...)
-	if a.held == nil {
-		a.held = make(map[string]struct{}, len(keys))
-	}
-	for _, k := range keys {
-		a.held[k] = struct{}{}
-	}
 	a.mu.Unlock()
 	return nil
 }

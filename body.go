@@ -3,6 +3,7 @@ package txlock
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 )
 
@@ -49,7 +50,7 @@ func Lock(ctx context.Context, keys ...string) error {
 	}
 	fresh := norm[:0:0]
 	for _, k := range norm {
-		if _, ok := a.held[k]; !ok {
+		if !a.holds(k) {
 			fresh = append(fresh, k)
 		}
 	}
@@ -65,7 +66,28 @@ func Lock(ctx context.Context, keys ...string) error {
 	if w := a.cfg.lockWait; w > 0 {
 		waitUntil = time.Now().Add(w)
 	}
-	return a.acquire(ctx, 0, len(a.cfg.lockers), InTx, tx, fresh, waitUntil)
+	if err := a.acquire(ctx, 0, len(a.cfg.lockers), InTx, tx, fresh, waitUntil); err != nil {
+		return err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.added == nil {
+		a.added = make(map[string]struct{}, len(fresh))
+	}
+	for _, k := range fresh {
+		a.added[k] = struct{}{}
+	}
+	return nil
+}
+
+// holds reports whether the attempt holds key: one of the run's keys
+// (sorted), or one a Lock call took. a.mu must be held.
+func (a *attempt) holds(key string) bool {
+	if _, found := slices.BinarySearch(a.keys, key); found {
+		return true
+	}
+	_, ok := a.added[key]
+	return ok
 }
 
 // Attempt returns the number of the current attempt, 1 for the first, when
