@@ -32,6 +32,11 @@ type attempt struct {
 	stable  []bool  // each locker's leases cannot be lost
 	dbHeld  []bool  // each locker's locks are held by the database
 	guarded bool    // some locker's locks are held by the database
+	// Room for the three slices above in the common case of a few
+	// lockers, so that an attempt does not allocate them.
+	stagesBuf [fewLockers]Stage
+	stableBuf [fewLockers]bool
+	dbHeldBuf [fewLockers]bool
 
 	conn     Conn
 	discard  bool // close conn rather than return it to the pool
@@ -55,6 +60,9 @@ type attempt struct {
 	lockWait time.Duration
 	outcome  CommitOutcome
 }
+
+// fewLockers is how many lockers an attempt plans without allocating.
+const fewLockers = 4
 
 type attemptState int
 
@@ -100,9 +108,13 @@ func newAttempt(r *run, parent context.Context, n int) *attempt {
 // It reports whether every locker's leases are Stable.
 func (a *attempt) plan() (allStable bool) {
 	ls := a.cfg.lockers
-	a.stages = make([]Stage, len(ls))
-	a.stable = make([]bool, len(ls))
-	a.dbHeld = make([]bool, len(ls))
+	if len(ls) <= fewLockers {
+		a.stages, a.stable, a.dbHeld = a.stagesBuf[:len(ls)], a.stableBuf[:len(ls)], a.dbHeldBuf[:len(ls)]
+	} else {
+		a.stages = make([]Stage, len(ls))
+		a.stable = make([]bool, len(ls))
+		a.dbHeld = make([]bool, len(ls))
+	}
 	stage := BeforeBegin
 	allStable = true
 	for i, l := range ls {
@@ -235,6 +247,9 @@ func (a *attempt) runBody(fn func(context.Context, Tx) error) error {
 // COMMIT is not sent for a caller who has gone, so that a context error
 // from COMMIT itself means a COMMIT interrupted in flight.
 func (a *attempt) verify() error {
+	if !a.anyToVerify() {
+		return a.cause()
+	}
 	a.mu.Lock()
 	leases := append([]heldLease(nil), a.leases...)
 	a.mu.Unlock()
@@ -250,6 +265,16 @@ func (a *attempt) verify() error {
 		}
 	}
 	return a.cause()
+}
+
+// anyToVerify reports whether some locker's leases must be verified.
+func (a *attempt) anyToVerify() bool {
+	for i := range a.stable {
+		if a.mustVerify(i) {
+			return true
+		}
+	}
+	return false
 }
 
 // mustVerify: a Stable lease cannot be lost, and in a guarded run a lock
@@ -276,15 +301,13 @@ func (a *attempt) recordTxID() error {
 // (see internal/seam) wrap it; when one does not send COMMIT, the
 // transaction is rolled back at once, before its error is looked at.
 func (a *attempt) commit() error {
-	send := func() error {
+	var err error
+	if len(a.cfg.faults) == 0 {
 		a.txDone = true
-		return a.tx.Commit(a.parent)
+		err = a.tx.Commit(a.parent)
+	} else {
+		err = a.commitThroughFaults()
 	}
-	for _, f := range a.cfg.faults {
-		next := send
-		send = func() error { return f.Commit(a.parent, a.n, next) }
-	}
-	err := send()
 	if !a.txDone {
 		a.rollback()
 	}
@@ -299,6 +322,20 @@ func (a *attempt) commit() error {
 		return fmt.Errorf("txlock: commit: %w (did the body commit or roll back the transaction itself?)", err)
 	}
 	return fmt.Errorf("txlock: commit: %w", err)
+}
+
+// commitThroughFaults sends COMMIT through the injected faults, the first
+// given outermost.
+func (a *attempt) commitThroughFaults() error {
+	send := func() error {
+		a.txDone = true
+		return a.tx.Commit(a.parent)
+	}
+	for _, f := range a.cfg.faults {
+		next := send
+		send = func() error { return f.Commit(a.parent, a.n, next) }
+	}
+	return send()
 }
 
 // lookUp settles an ambiguous COMMIT when the transaction id was recorded:
@@ -340,8 +377,20 @@ func (a *attempt) end() error {
 	leases := a.leases
 	a.leases = nil
 	a.mu.Unlock()
-	ctx, cancel := a.detached(len(a.keys) * len(leases))
-	defer cancel()
+	// Leases of the in-process locker release without I/O; the others get
+	// a context detached from the caller's, made only when one needs it.
+	var ctx context.Context
+	cancel := context.CancelFunc(func() {})
+	defer func() { cancel() }()
+	releaseCtx := func(l Lease) context.Context {
+		if _, inProcess := l.(*localLease); inProcess {
+			return context.Background()
+		}
+		if ctx == nil {
+			ctx, cancel = a.detached(len(a.keys) * len(leases))
+		}
+		return ctx
+	}
 	var first error
 	note := func(err error) {
 		if err != nil && first == nil {
@@ -359,7 +408,7 @@ func (a *attempt) end() error {
 		if h.stage == BeforeBegin {
 			closeConn()
 		}
-		if err := h.lease.Release(ctx); err != nil {
+		if err := h.lease.Release(releaseCtx(h.lease)); err != nil {
 			note(err)
 			if h.stage == OnConn {
 				a.discard = true
@@ -485,15 +534,9 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 		a.lockWait += time.Since(began)
 		a.mu.Unlock()
 	}()
-	wctx := ctx
-	if a.cfg.lockWait > 0 {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithDeadlineCause(ctx, waitUntil, errWaitExpired)
-		defer cancel()
-	}
-	taken, err := a.take(wctx, from, to, st, conn, keys)
+	taken, err := a.takeWithin(ctx, from, to, st, conn, keys, waitUntil)
 	if err != nil {
-		return a.acquireError(wctx, keys, err)
+		return err
 	}
 	a.mu.Lock()
 	if a.state >= stateAfter {
@@ -506,9 +549,44 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 	return nil
 }
 
+// takeWithin takes keys in lockers [from, to) within the lock wait, which
+// ends at waitUntil, and returns the error as Run reports it.
+func (a *attempt) takeWithin(ctx context.Context, from, to int, st Stage, conn Querier, keys []string, waitUntil time.Time) ([]heldLease, error) {
+	tryOnce := a.cfg.lockWait == 0
+	if !tryOnce && a.inProcess(from, to) {
+		// Free in-process keys are taken without a wait deadline, whose
+		// timer would cost more than the locking; only a busy key
+		// waits, below.
+		if taken, err := a.take(ctx, from, to, st, conn, keys, true); err == nil {
+			return taken, nil
+		}
+	}
+	wctx := ctx
+	if !tryOnce {
+		var cancel context.CancelFunc
+		wctx, cancel = context.WithDeadlineCause(ctx, waitUntil, errWaitExpired)
+		defer cancel()
+	}
+	taken, err := a.take(wctx, from, to, st, conn, keys, tryOnce)
+	if err != nil {
+		return nil, a.acquireError(wctx, keys, err)
+	}
+	return taken, nil
+}
+
+// inProcess reports whether lockers [from, to) are all in-process ones.
+func (a *attempt) inProcess(from, to int) bool {
+	for _, l := range a.cfg.lockers[from:to] {
+		if _, ok := l.(*LocalLocker); !ok {
+			return false
+		}
+	}
+	return true
+}
+
 // take calls Acquire on lockers [from, to) in order. If one fails, or
 // panics, it gives back what the others took.
-func (a *attempt) take(wctx context.Context, from, to int, st Stage, conn Querier, keys []string) ([]heldLease, error) {
+func (a *attempt) take(wctx context.Context, from, to int, st Stage, conn Querier, keys []string, tryOnce bool) ([]heldLease, error) {
 	taken := make([]heldLease, 0, to-from)
 	done := false
 	defer func() {
@@ -523,7 +601,7 @@ func (a *attempt) take(wctx context.Context, from, to int, st Stage, conn Querie
 			Stage:     st,
 			Conn:      conn,
 			TxOptions: a.cfg.txOptions,
-			TryOnce:   a.cfg.lockWait == 0,
+			TryOnce:   tryOnce,
 			Guarded:   a.guarded,
 			Queued:    a.queuedBefore(i),
 			Lost:      func(cause error) { a.leaseLost(i, cause) },

@@ -3,6 +3,8 @@ package txlock_test
 import (
 	"context"
 	"database/sql"
+	"database/sql/driver"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -64,4 +66,62 @@ func BenchmarkOverhead(b *testing.B) {
 			})
 		})
 	}
+}
+
+// BenchmarkRunCost measures what Run itself costs, CPU and allocations,
+// with a database/sql driver that does no I/O: a bare transaction against
+// the same transaction through Run with the in-process locker. The
+// difference is Run's own price per call, which on a real database is
+// paid on top of every round trip:
+//
+//	go test -run '^$' -bench RunCost -benchmem .
+func BenchmarkRunCost(b *testing.B) {
+	db := sql.OpenDB(noopConnector{})
+	defer db.Close()
+	ctx := context.Background()
+	body := func(ctx context.Context, tx *sql.Tx) error {
+		_, err := tx.ExecContext(ctx, "INSERT")
+		return err
+	}
+	b.Run("bare", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			tx, err := db.BeginTx(ctx, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if err := body(ctx, tx); err != nil {
+				b.Fatal(err)
+			}
+			if err := tx.Commit(); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	local := txlock.WithLocker(txlock.NewLocalLocker())
+	b.Run("run-local", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			if err := txlock.Run(ctx, db, []string{"name:x"}, body, local); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+}
+
+// noopConnector is a database/sql driver whose connections do nothing.
+type noopConnector struct{}
+
+func (noopConnector) Connect(context.Context) (driver.Conn, error) { return noopConn{}, nil }
+func (noopConnector) Driver() driver.Driver                        { return nil }
+
+type noopConn struct{}
+
+func (noopConn) Prepare(string) (driver.Stmt, error) { return nil, errors.New("noop: no statements") }
+func (noopConn) Close() error                        { return nil }
+func (noopConn) Begin() (driver.Tx, error)           { return noopConn{}, nil }
+func (noopConn) Commit() error                       { return nil }
+func (noopConn) Rollback() error                     { return nil }
+func (noopConn) ExecContext(context.Context, string, []driver.NamedValue) (driver.Result, error) {
+	return driver.RowsAffected(1), nil
 }

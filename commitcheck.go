@@ -148,11 +148,18 @@ var systems = []struct{ pkg, system string }{
 func systemOfDriver(drv any) string {
 	pkg := driverPackage(drv)
 	for _, s := range systems {
-		if pkg == s.pkg || strings.HasPrefix(pkg, s.pkg+"/") {
+		if inPackage(pkg, s.pkg) {
 			return s.system
 		}
 	}
 	return ""
+}
+
+// inPackage reports whether package path pkg is root or below it. It runs
+// on every BEGIN, so it does not build strings.
+func inPackage(pkg, root string) bool {
+	rest, ok := strings.CutPrefix(pkg, root)
+	return ok && (rest == "" || rest[0] == '/')
 }
 
 func driverPackage(drv any) string {
@@ -172,7 +179,7 @@ func knownNotPostgres(drv any) bool {
 		return false
 	}
 	for _, p := range notPostgres {
-		if pkg == p || strings.HasPrefix(pkg, p+"/") {
+		if inPackage(pkg, p) {
 			return true
 		}
 	}

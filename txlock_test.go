@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -450,6 +451,48 @@ func TestRunLockBusy(t *testing.T) {
 				t.Errorf("Len = %d, want 1: key j must have been given back", n)
 			}
 		})
+	}
+}
+
+// TestRunWaitsForABusyInProcessKey: a key held in the process is waited
+// for within the lock wait, and taken when its holder lets it go.
+func TestRunWaitsForABusyInProcessKey(t *testing.T) {
+	db, mock := newMock(t)
+	mock.ExpectBegin()
+	mock.ExpectCommit()
+	local := txlock.NewLocalLocker()
+	holder, err := local.Acquire(context.Background(), txlock.Request{Keys: []string{"k"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	calls := 0
+	go func() {
+		done <- txlock.Run(context.Background(), db, []string{"j", "k"}, func(context.Context, *sql.Tx) error {
+			calls++
+			return nil
+		}, txlock.WithLocker(local), txlock.WithLockWait(10*time.Second))
+	}()
+	for deadline := time.Now().Add(5 * time.Second); local.Waiters("k") < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not queue for the busy key")
+		}
+		runtime.Gosched()
+	}
+	if err := holder.Release(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if calls != 1 {
+		t.Errorf("body ran %d times, want 1", calls)
+	}
+	if n := local.Len(); n != 0 {
+		t.Errorf("Len = %d after Run, want 0", n)
+	}
+	if err := mock.ExpectationsWereMet(); err != nil {
+		t.Error(err)
 	}
 }
 
