@@ -377,19 +377,11 @@ func (a *attempt) end() error {
 	leases := a.leases
 	a.leases = nil
 	a.mu.Unlock()
-	// Leases of the in-process locker release without I/O; the others get
-	// a context detached from the caller's, made only when one needs it.
-	var ctx context.Context
-	cancel := context.CancelFunc(func() {})
-	defer func() { cancel() }()
-	releaseCtx := func(l Lease) context.Context {
-		if _, inProcess := l.(*localLease); inProcess {
-			return context.Background()
-		}
-		if ctx == nil {
-			ctx, cancel = a.detached(len(a.keys) * len(leases))
-		}
-		return ctx
+	var ctx context.Context = context.Background()
+	if len(leases) > 0 {
+		d := a.detached(len(a.keys) * len(leases))
+		defer d.stop()
+		ctx = d
 	}
 	var first error
 	note := func(err error) {
@@ -408,7 +400,7 @@ func (a *attempt) end() error {
 		if h.stage == BeforeBegin {
 			closeConn()
 		}
-		if err := h.lease.Release(releaseCtx(h.lease)); err != nil {
+		if err := h.lease.Release(ctx); err != nil {
 			note(err)
 			if h.stage == OnConn {
 				a.discard = true
@@ -426,9 +418,9 @@ func (a *attempt) rollback() {
 		return
 	}
 	a.txDone = true
-	ctx, cancel := a.detached(0)
+	ctx := a.detached(0)
 	_ = a.tx.Rollback(ctx)
-	cancel()
+	ctx.stop()
 }
 
 // releaseBudget bounds the release of an attempt's leases, which runs on
@@ -440,8 +432,8 @@ func releaseBudget(keys int) time.Duration {
 
 // detached is a context for cleanup that outlives the caller's
 // cancellation, bounded by releaseBudget.
-func (a *attempt) detached(keys int) (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.WithoutCancel(a.parent), releaseBudget(keys))
+func (a *attempt) detached(keys int) *lazyDeadline {
+	return withLazyDeadline(context.WithoutCancel(a.parent), time.Now().Add(releaseBudget(keys)), nil)
 }
 
 func (a *attempt) setState(s attemptState) {
@@ -553,35 +545,18 @@ func (a *attempt) acquire(ctx context.Context, from, to int, st Stage, conn Quer
 // ends at waitUntil, and returns the error as Run reports it.
 func (a *attempt) takeWithin(ctx context.Context, from, to int, st Stage, conn Querier, keys []string, waitUntil time.Time) ([]heldLease, error) {
 	tryOnce := a.cfg.lockWait == 0
-	if !tryOnce && a.inProcess(from, to) {
-		// Free in-process keys are taken without a wait deadline, whose
-		// timer would cost more than the locking; only a busy key
-		// waits, below.
-		if taken, err := a.take(ctx, from, to, st, conn, keys, true); err == nil {
-			return taken, nil
-		}
-	}
 	wctx := ctx
 	if !tryOnce {
-		var cancel context.CancelFunc
-		wctx, cancel = context.WithDeadlineCause(ctx, waitUntil, errWaitExpired)
-		defer cancel()
+		// Lazy: a key that is free is taken without a timer.
+		d := withLazyDeadline(ctx, waitUntil, errWaitExpired)
+		defer d.stop()
+		wctx = d
 	}
 	taken, err := a.take(wctx, from, to, st, conn, keys, tryOnce)
 	if err != nil {
 		return nil, a.acquireError(wctx, keys, err)
 	}
 	return taken, nil
-}
-
-// inProcess reports whether lockers [from, to) are all in-process ones.
-func (a *attempt) inProcess(from, to int) bool {
-	for _, l := range a.cfg.lockers[from:to] {
-		if _, ok := l.(*LocalLocker); !ok {
-			return false
-		}
-	}
-	return true
 }
 
 // take calls Acquire on lockers [from, to) in order. If one fails, or
@@ -633,8 +608,8 @@ func (a *attempt) queuedBefore(i int) bool {
 // giveBack releases leases an acquire took before it failed. A lease on
 // the connection that cannot confirm its release costs the connection.
 func (a *attempt) giveBack(taken []heldLease, keys int) {
-	ctx, cancel := a.detached(keys * len(taken))
-	defer cancel()
+	ctx := a.detached(keys * len(taken))
+	defer ctx.stop()
 	for i := len(taken) - 1; i >= 0; i-- {
 		if err := taken[i].lease.Release(ctx); err != nil && taken[i].stage == OnConn {
 			a.discard = true
