@@ -324,8 +324,8 @@ func (a *attempt) commit() error {
 	return fmt.Errorf("txlock: commit: %w", err)
 }
 
-// commitThroughFaults sends COMMIT through the injected faults, the first
-// given outermost.
+// commitThroughFaults sends COMMIT through the injected faults, each
+// wrapping those given before it.
 func (a *attempt) commitThroughFaults() error {
 	send := func() error {
 		a.txDone = true
