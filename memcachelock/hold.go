@@ -14,8 +14,9 @@ import (
 // A hold is one memcached lock owned by this process under an owner token.
 // It outlives a single lease when the key is handed from one Run of the
 // process to the next, and its refresher keeps the lease alive as long as
-// it lives: every refreshEvery, read the item, check the token, and CAS the
-// same value with a new expiry. It never recreates a lock that is gone.
+// it lives: every refreshEvery (run by the Locker's schedule, refresh.go),
+// read the item, check the token, and CAS the same value with a new
+// expiry. It never recreates a lock that is gone.
 
 var errLost = fmt.Errorf("%w: the lock expired, was evicted or flushed, or memcached restarted", txlock.ErrLockLost)
 
@@ -50,7 +51,7 @@ type hold struct {
 	lostErr   error
 	onLost    func(error)
 	lastWrite time.Time // when the lease was last set: add, claim or refresh
-	timer     *time.Timer
+	due       time.Time // when the refresher should run next; zero while it runs
 	stopped   bool
 
 	ticking sync.Mutex // held while a refresh runs, so stop can wait for it
@@ -58,11 +59,10 @@ type hold struct {
 
 // newHold starts a hold written at written, with the waiters read then.
 func (l *Locker) newHold(mk, token string, queue []waiter, written time.Time) *hold {
-	h := &hold{l: l, mk: mk, token: token, queue: queue, queueRead: true, lastWrite: written}
+	h := &hold{l: l, mk: mk, token: token, queue: queue, queueRead: true, lastWrite: written,
+		due: time.Now().Add(l.refreshEvery())}
 	l.live.Add(1)
-	h.mu.Lock()
-	h.timer = time.AfterFunc(l.refreshEvery(), h.tick)
-	h.mu.Unlock()
+	l.scheduleHold(h)
 	return h
 }
 
@@ -129,7 +129,19 @@ func (h *hold) observe(it *memcache.Item) error {
 	return nil
 }
 
-// tick is the refresher: it runs on the hold's timer.
+// takeDue reports whether the refresher is due at now and, if so, marks
+// it running, so that the next sweep does not start it again.
+func (h *hold) takeDue(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.stopped || h.due.IsZero() || now.Before(h.due) {
+		return false
+	}
+	h.due = time.Time{}
+	return true
+}
+
+// tick is the refresher: the Locker's schedule starts it when it is due.
 func (h *hold) tick() {
 	h.ticking.Lock()
 	defer h.ticking.Unlock()
@@ -154,7 +166,7 @@ func (h *hold) tick() {
 	}
 	h.mu.Lock()
 	if !h.stopped {
-		h.timer.Reset(next)
+		h.due = time.Now().Add(next)
 	}
 	h.mu.Unlock()
 }
@@ -173,8 +185,8 @@ func (h *hold) stop() {
 		return
 	}
 	h.stopped = true
-	h.timer.Stop()
 	h.mu.Unlock()
+	h.l.unscheduleHold(h)
 	h.ticking.Lock()
 	//lint:ignore SA2001 an empty critical section: it waits for a tick in progress to end
 	h.ticking.Unlock()

@@ -60,6 +60,7 @@ type Locker struct {
 	refresh chan struct{}       // one slot per refresh that may run at once
 	tenures tenures             // how long other processes keep each key
 	live    atomic.Int64        // holds with a running refresher, for leak checks
+	sched   schedule            // runs the refreshers of the holds
 	warned  struct {
 		sync.Mutex
 		at map[string]time.Time // when each warning was last logged
