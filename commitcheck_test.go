@@ -212,11 +212,13 @@ func TestUnknownCommitFoundAborted(t *testing.T) {
 
 // TestUnknownCommitStillInProgress: the connection is cut as soon as COMMIT
 // is sent, while the server still works on it (a deferred trigger sleeps
-// 300 ms). Run's lookup first finds the transaction in progress and asks
+// 1.5 s). Run's lookup first finds the transaction in progress and asks
 // again. pgx sends a cancel request when it drops a broken connection: if
 // it gets through, the COMMIT is cancelled and Run finds it aborted and
 // runs the transaction again; if the network drops it too, the COMMIT
-// completes and Run finds it committed.
+// completes and Run finds it committed. The sleep is the time the cancel
+// request has to arrive (a new connection, for which Postgres starts a
+// process): 300 ms was once too short on a loaded 2-core CI machine.
 func TestUnknownCommitStillInProgress(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
@@ -238,7 +240,7 @@ func TestUnknownCommitStillInProgress(t *testing.T) {
 			exec(t, db, `CREATE OR REPLACE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 				BEGIN
 					IF current_setting('txlock.sleep_at_commit', true) = 'on' THEN
-						PERFORM pg_sleep(0.3);
+						PERFORM pg_sleep(1.5);
 					END IF;
 					RETURN NULL;
 				END $$`)
