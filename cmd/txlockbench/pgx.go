@@ -44,13 +44,19 @@ func runPgxJob(ctx context.Context, j job) (report, error) {
 	}
 	defer pool.Close()
 	lockOpts := []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker())}
-	// Warm the pool as runJob does, so connection set-up is not measured.
-	var warm sync.WaitGroup
-	for range min(j.ColdWorkers, 4) {
-		warm.Add(1)
-		go func() { defer warm.Done(); _ = pool.Ping(ctx) }()
+	// Open a connection for every worker, as runJob does, so that
+	// connection set-up is not measured.
+	held := make([]*pgxpool.Conn, 0, j.ColdWorkers)
+	for range j.ColdWorkers {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			return report{}, err
+		}
+		held = append(held, c)
 	}
-	warm.Wait()
+	for _, c := range held {
+		c.Release()
+	}
 
 	time.Sleep(time.Until(j.Start))
 	deadline := j.Start.Add(j.Duration)

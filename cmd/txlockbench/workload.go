@@ -154,13 +154,16 @@ func runJob(ctx context.Context, j job) (report, error) {
 	if err != nil {
 		return report{}, err
 	}
-	// Warm the pool so connection set-up is not measured.
-	var warm sync.WaitGroup
-	for range min(j.HotWorkers+j.ColdWorkers, max(j.Pool, 1)*4) {
-		warm.Add(1)
-		go func() { defer warm.Done(); _ = db.PingContext(ctx) }()
+	// Open, and keep idle, a connection for every worker (or the whole
+	// pool), so that connection set-up is not measured: holding them all
+	// at once makes them distinct.
+	warm := j.HotWorkers + j.ColdWorkers
+	if j.Pool > 0 {
+		warm = min(warm, j.Pool)
 	}
-	warm.Wait()
+	if err := warmSQL(ctx, db, warm); err != nil {
+		return report{}, err
+	}
 
 	time.Sleep(time.Until(j.Start))
 	deadline := j.Start.Add(j.Duration)
@@ -207,6 +210,27 @@ func runJob(ctx context.Context, j job) (report, error) {
 	}
 	wg.Wait()
 	return r, nil
+}
+
+// warmSQL opens n connections of db and returns them to its idle pool.
+func warmSQL(ctx context.Context, db *sql.DB, n int) error {
+	conns := make([]*sql.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	for range n {
+		c, err := db.Conn(ctx)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+		if err := c.PingContext(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 var serializable = &sql.TxOptions{Isolation: sql.LevelSerializable}
