@@ -16,7 +16,15 @@
 //
 // The price of advisory locks alone is that every waiter holds a database
 // connection while it waits, so a hot key can drain the connection pool
-// that other requests need. memcachelock's waiters hold none.
+// that other requests need. memcachelock's waiters hold none. A waiter
+// also holds a snapshot: Postgres keeps one for the statement that waits
+// in its lock queue, and so keeps every row version newer than it from
+// being pruned. On a hot row that is updated by each holder, the versions
+// left by the last few dozen holders stay in the way of every read of it,
+// and each critical section gets slower (in txlockbench's hot-key rows,
+// 32 waiters: the body's median 1.86 ms against 1.57 ms with the waiters
+// in memcached). memcachelock in front of advisorylock keeps the waiters
+// out of the database, and avoids both.
 //
 // # Keys
 //
