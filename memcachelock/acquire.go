@@ -50,9 +50,43 @@ type taker struct {
 	degrade  bool  // the caller may carry on without the lock: do not wait out an outage
 
 	owner      string    // the holder or hand-off target last seen
-	ownerSince time.Time // when owner was first seen
-	fromStart  bool      // owner was seen to arrive, so ownerSince is when its tenure began
+	ownerSince time.Time // when owner took the key, or was first seen (see ownerChanged)
+	tenure     bool      // owner is a holder whose tenure began at ownerSince
 	joined     bool      // we appended ourselves to the key's queue
+}
+
+// ownerChanged notes a new holder or hand-off target in v, read at now.
+//
+// A holder's tenure starts when it took the key: the time it wrote into
+// the value, by its clock, when that is plausible by ours (not ahead, not
+// older than a TTL), and otherwise when we saw it arrive. A waiter learns of
+// a new holder only at its next read, up to maxPoll late, and would think
+// the holder younger than it is. The tenure that ends is remembered
+// (tenures): from its start to the next holder's start, or to when we saw
+// it end.
+//
+// A hand-off target's clock starts when we first saw it, not at the last
+// change of the item: waiters joining the queue change the item, and must
+// not keep a key handed to a dead process stuck (stealAfter).
+func (t *taker) ownerChanged(v lockValue, now time.Time) {
+	since, stated := now, false
+	if v.state == stateHeld && v.since > 0 {
+		if s := time.UnixMicro(v.since); !s.After(now) && now.Sub(s) < t.l.cfg.ttl {
+			since, stated = s, true
+		}
+	}
+	if t.tenure {
+		end := now
+		if stated {
+			end = since
+		}
+		if d := end.Sub(t.ownerSince); d > 0 {
+			t.l.tenures.note(t.mk, d)
+		}
+	}
+	// A holder seen to arrive (after another owner) started about now.
+	t.tenure = v.state == stateHeld && (stated || t.owner != "")
+	t.owner, t.ownerSince = v.owner, since
 }
 
 func (l *Locker) newTaker(ctx context.Context, mk, name string, try, degrade bool) *taker {
@@ -112,14 +146,7 @@ func (t *taker) take(ctx context.Context) (*hold, error) {
 		if wait == 0 {
 			continue
 		}
-		if timer == nil {
-			timer = time.NewTimer(wait)
-		} else {
-			timer.Reset(wait)
-		}
-		select {
-		case <-timer.C:
-		case <-ctx.Done():
+		if !pause(ctx, wait, &timer) {
 			return nil, t.waitErr(ctx)
 		}
 	}
@@ -169,15 +196,7 @@ func (t *taker) step(first bool) (*hold, time.Duration, error) {
 		return t.l.newHold(t.mk, t.token, v.queue, now.Add(-t.l.cfg.ttl/2)), 0, nil
 	}
 	if v.owner != t.owner {
-		// The steal clock runs from when this hand-off target was first
-		// seen, not from the last change of the item: waiters joining the
-		// queue change the item, and must not keep a key handed to a dead
-		// process stuck.
-		if t.fromStart {
-			t.l.tenures.note(t.mk, now.Sub(t.ownerSince))
-		}
-		t.fromStart = t.owner != ""
-		t.owner, t.ownerSince = v.owner, now
+		t.ownerChanged(v, now)
 	}
 	if v.state == stateHandoff && (v.owner == t.l.proc || now.UnixMilli() > v.until || now.Sub(t.ownerSince) > stealAfter) {
 		h, err := t.claim(it, v)
@@ -216,7 +235,7 @@ func (t *taker) join(v lockValue) (int, error) {
 // when the key exists, and the error otherwise.
 func (t *taker) add() (*hold, error) {
 	start := time.Now()
-	err := t.l.add(&memcache.Item{Key: t.mk, Value: heldValue(t.token, nil), Expiration: t.l.expiration()})
+	err := t.l.add(&memcache.Item{Key: t.mk, Value: heldValue(t.token, start, nil), Expiration: t.l.expiration()})
 	switch {
 	case err == nil:
 		return t.l.newHold(t.mk, t.token, nil, start), nil
@@ -236,7 +255,7 @@ func (t *taker) add() (*hold, error) {
 func (t *taker) claim(it *memcache.Item, v lockValue) (*hold, error) {
 	start := time.Now()
 	q := live(v.queue, t.l.proc, start)
-	err := t.l.cas(&memcache.Item{Key: t.mk, Value: heldValue(t.token, q), Expiration: t.l.expiration(), CasID: it.CasID})
+	err := t.l.cas(&memcache.Item{Key: t.mk, Value: heldValue(t.token, start, q), Expiration: t.l.expiration(), CasID: it.CasID})
 	switch {
 	case err == nil:
 		return t.l.newHold(t.mk, t.token, q, start), nil

@@ -46,7 +46,7 @@
 // format; times are Unix milliseconds):
 //
 //	free      no item
-//	held      "L <token> <queue>"          owned by the Run holding <token>
+//	held      "L <token> @<since> <queue>" owned by the Run holding <token>, since <since> (µs)
 //	handed    "H <proc> <until> <queue>"   passed to process <proc>, to claim by <until>
 //	foreign   anything else                not ours: the key is taken until it expires
 //
@@ -81,11 +81,15 @@
 // process that gave up cannot keep the key from the others. The key
 // rotates between processes in queue order, and polling faster gains
 // nothing. The first process in line learns how long processes keep the
-// key and waits out most of the holder's expected tenure, then polls every
-// 200 µs, so a key handed to it is claimed at once; without an expectation
-// it polls every 200 µs to 2 ms, depending on how long the current holder
-// has had the key; the others poll more slowly, up to every 5 ms; all with
-// jitter.
+// key and waits out most of the holder's expected tenure, counted from the
+// start the holder wrote into the value, then polls every 200 µs, so a key
+// handed to it is claimed at once; without an expectation it polls every
+// 200 µs to 2 ms, depending on how long the current holder has had the
+// key; the others poll more slowly, up to every 5 ms; all with jitter.
+// Pauses under 2 ms sleep in the kernel (nanosleep, on Linux), as Go
+// timers in an otherwise idle process fire a millisecond late there; at
+// most four waiters of a process do so at once, each holding its thread
+// for the pause.
 //
 // # Limits
 //

@@ -10,11 +10,15 @@ import (
 
 // The value of a lock item is one of
 //
-//	L <token> [<waiter>...]            held by the hold whose owner token is <token>
+//	L <token> [@<since>] [<waiter>...] held by the hold whose owner token is <token>, since <since>
 //	H <process> <until> [<waiter>...]  handed to <process>, which may claim it until <until>
 //
 // and a <waiter> is <process>:<deadline>, a process that waits for the key
-// and the time its wait ends. Times are Unix milliseconds. The waiters
+// and the time its wait ends. Times are Unix milliseconds, but <since>, in
+// microseconds by the holder's clock: when the holder took the key, so
+// that waiters can tell how long it has had it (see pollInterval). It
+// carries no colon, so that readers which do not know it skip it as a
+// malformed waiter. The waiters
 // form a queue across processes, oldest first: they join it with append
 // (which keeps the holder's expiry), and it is carried from holder to
 // holder. A process appears once; when it appears twice (a new wait after
@@ -31,6 +35,7 @@ type lockValue struct {
 	state byte
 	owner string // token (L) or process (H)
 	until int64  // H: when the hand-off lapses
+	since int64  // L: when the holder took the key, Unix µs; 0 if unknown
 	queue []waiter
 }
 
@@ -61,6 +66,12 @@ func parseValue(b []byte) (lockValue, bool) {
 		return lockValue{}, false
 	}
 	for _, e := range rest {
+		if t, ok := strings.CutPrefix(e, "@"); ok {
+			if since, err := strconv.ParseInt(t, 10, 64); err == nil && v.state == stateHeld && v.since == 0 && since > 0 {
+				v.since = since
+			}
+			continue
+		}
 		proc, d, ok := strings.Cut(e, ":")
 		if !ok || proc == "" {
 			continue
@@ -96,6 +107,10 @@ func (v lockValue) bytes() []byte {
 		b.WriteByte(' ')
 		b.WriteString(strconv.FormatInt(v.until, 10))
 	}
+	if v.state == stateHeld && v.since > 0 {
+		b.WriteString(" @")
+		b.WriteString(strconv.FormatInt(v.since, 10))
+	}
 	for _, w := range v.queue {
 		b.WriteByte(' ')
 		b.WriteString(w.entry())
@@ -117,8 +132,9 @@ func live(q []waiter, proc string, now time.Time) []waiter {
 	return out
 }
 
-func heldValue(token string, q []waiter) []byte {
-	return lockValue{state: stateHeld, owner: token, queue: q}.bytes()
+// heldValue is the value of a lock taken by token at since.
+func heldValue(token string, since time.Time, q []waiter) []byte {
+	return lockValue{state: stateHeld, owner: token, since: since.UnixMicro(), queue: q}.bytes()
 }
 
 // expiredValue is what a released lock is swapped to, with a negative
