@@ -35,8 +35,16 @@ const (
 	// has none.
 	noDeadline = 24 * time.Hour
 
+	// tenureGap is the longest time between two reads across which a
+	// change of holder counts as the end of one tenure: a waiter that
+	// slept longer may have missed a whole tenure in between.
+	tenureGap = 2 * maxPoll
+
 	minPoll = 200 * time.Microsecond
 	maxPoll = 5 * time.Millisecond
+	// maxBehindPoll bounds the sleep of a waiter behind the first, so that
+	// it learns of a queue that moved faster than expected.
+	maxBehindPoll = 50 * time.Millisecond
 )
 
 // taker is one attempt of this process's head waiter to get a key from
@@ -52,7 +60,17 @@ type taker struct {
 	owner      string    // the holder or hand-off target last seen
 	ownerSince time.Time // when owner took the key, or was first seen (see ownerChanged)
 	tenure     bool      // owner is a holder whose tenure began at ownerSince
+	dated      bool      // ... by the start it wrote into the value
 	joined     bool      // we appended ourselves to the key's queue
+	lastRead   time.Time // our previous read of the key
+}
+
+// read notes what a read of the key at now found.
+func (t *taker) read(v lockValue, now time.Time) {
+	if v.owner != t.owner {
+		t.ownerChanged(v, now)
+	}
+	t.lastRead = now
 }
 
 // ownerChanged notes a new holder or hand-off target in v, read at now.
@@ -75,7 +93,7 @@ func (t *taker) ownerChanged(v lockValue, now time.Time) {
 			since, stated = s, true
 		}
 	}
-	if t.tenure {
+	if t.tenure && now.Sub(t.lastRead) <= tenureGap {
 		end := now
 		if stated {
 			end = since
@@ -86,6 +104,7 @@ func (t *taker) ownerChanged(v lockValue, now time.Time) {
 	}
 	// A holder seen to arrive (after another owner) started about now.
 	t.tenure = v.state == stateHeld && (stated || t.owner != "")
+	t.dated = stated
 	t.owner, t.ownerSince = v.owner, since
 }
 
@@ -195,9 +214,7 @@ func (t *taker) step(first bool) (*hold, time.Duration, error) {
 		// An add of ours was applied though its answer was lost.
 		return t.l.newHold(t.mk, t.token, v.queue, now.Add(-t.l.cfg.ttl/2)), 0, nil
 	}
-	if v.owner != t.owner {
-		t.ownerChanged(v, now)
-	}
+	t.read(v, now)
 	if v.state == stateHandoff && (v.owner == t.l.proc || now.UnixMilli() > v.until || now.Sub(t.ownerSince) > stealAfter) {
 		h, err := t.claim(it, v)
 		return h, 0, err
@@ -206,7 +223,7 @@ func (t *taker) step(first bool) (*hold, time.Duration, error) {
 	if err != nil || pos < 0 {
 		return nil, 0, err
 	}
-	return nil, pollInterval(pos, now.Sub(t.ownerSince), t.l.tenures.expected(t.mk)), nil
+	return nil, pollInterval(pos, now.Sub(t.ownerSince), t.l.tenures.expected(t.mk), t.dated), nil
 }
 
 // join puts this process in the key's queue unless it is there already,
@@ -302,38 +319,58 @@ func (t *taker) stealLapsed() (*hold, time.Duration, error) {
 }
 
 // pollInterval is how long a waiter sleeps between two reads of a held key
-// that another process has had for held. The first process in the queue
-// polls with the expected tenure of a holder in mind (how long processes
-// have kept this key, as this Locker saw it; 0 when unknown): little while
-// the holder is young, every 200 µs (a few loopback round trips) from nine
-// tenths of the expected tenure on, so that a key handed to it is claimed
-// at once. Without an expectation, or past twice it, it polls a fraction of
-// the time the holder has had the key, from 200 µs up to 2 ms. Later ones
-// poll less often, as their turn is at least one hold away. A ±25% jitter
-// keeps the waiters of several processes from polling in step. No waiter
-// can get ahead by polling faster: a held key goes to the head of the
-// queue, not to whoever reads first.
-func pollInterval(pos int, held, expected time.Duration) time.Duration {
-	var d time.Duration
+// that another process has had for held, given what this Locker expects of
+// a tenure (how long processes have kept this key, and how much that
+// varies; zero when unknown).
+//
+// The first process in the queue sleeps while the holder is young, then
+// polls every 200 µs (a few loopback round trips) from near the expected
+// end on (a tenth of it, or two spreads, before it, whichever is more), so
+// that a key handed to it is claimed at once. Without an expectation, or
+// past twice it, it polls a fraction of the time the holder has had the
+// key, from 200 µs up to 2 ms. The processes behind it need only learn in
+// time that they have moved up: when the holder dated its tenure (dated)
+// they read again about halfway into the next holder's expected tenure,
+// well before its end nears; otherwise every half of the holder's time,
+// from 1 to 5 ms.
+//
+// A sleep toward a point in time ends up to 25% early, never late; a
+// steady poll is jittered by ±25%; both keep the waiters of several
+// processes from polling in step. No waiter can get ahead by polling
+// faster: a held key goes to the head of the queue, not to whoever reads
+// first.
+func pollInterval(pos int, held time.Duration, t tenure, dated bool) time.Duration {
+	soon := t.mean - max(t.mean/10, 2*t.spread)
 	switch {
+	case pos > 0 && dated && t.mean > 0 && held < t.mean:
+		return early(min(max(t.mean*3/2-held, time.Millisecond), maxBehindPoll))
 	case pos > 0:
-		d = min(max(held/2, time.Millisecond), maxPoll)
-	case expected > 0 && held < expected*9/10:
-		d = min(max(expected*9/10-held, minPoll), maxPoll)
-	case expected > 0 && held < 2*expected:
-		d = minPoll
+		return jitter(min(max(held/2, time.Millisecond), maxPoll))
+	case t.mean > 0 && held < soon:
+		return early(min(max(soon-held, minPoll), maxPoll))
+	case t.mean > 0 && held < 2*t.mean:
+		return jitter(minPoll)
 	default:
-		d = min(max(held/4, minPoll), 2*time.Millisecond)
+		return jitter(min(max(held/4, minPoll), 2*time.Millisecond))
 	}
-	return d*3/4 + rand.N(d/2+1)
 }
 
-// tenures remembers, per key, how long processes keep it: an exponentially
-// weighted mean of the tenures this Locker's pollers saw from start to end.
-// It is bounded: past maxTenures keys it starts afresh.
+// jitter returns d ±25%.
+func jitter(d time.Duration) time.Duration { return d*3/4 + rand.N(d/2+1) }
+
+// early returns d less up to 25%.
+func early(d time.Duration) time.Duration { return d*3/4 + rand.N(d/4+1) }
+
+// tenure is what a Locker expects of a holder's time with a key:
+// exponentially weighted means of the tenures its waiters saw, and of their
+// distance from that mean.
+type tenure struct{ mean, spread time.Duration }
+
+// tenures remembers, per key, how long processes keep it. It is bounded:
+// past maxTenures keys it starts afresh.
 type tenures struct {
 	mu sync.Mutex
-	m  map[string]time.Duration
+	m  map[string]tenure
 }
 
 const maxTenures = 4096
@@ -342,15 +379,21 @@ func (t *tenures) note(mk string, d time.Duration) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if t.m == nil || len(t.m) >= maxTenures {
-		t.m = make(map[string]time.Duration)
+		t.m = make(map[string]tenure)
 	}
-	if old, ok := t.m[mk]; ok {
-		d = old + (d-old)/4
+	old, ok := t.m[mk]
+	if !ok {
+		t.m[mk] = tenure{mean: d}
+		return
 	}
-	t.m[mk] = d
+	dev := d - old.mean
+	if dev < 0 {
+		dev = -dev
+	}
+	t.m[mk] = tenure{mean: old.mean + (d-old.mean)/4, spread: old.spread + (dev-old.spread)/4}
 }
 
-func (t *tenures) expected(mk string) time.Duration {
+func (t *tenures) expected(mk string) tenure {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return t.m[mk]

@@ -81,11 +81,14 @@
 // process that gave up cannot keep the key from the others. The key
 // rotates between processes in queue order, and polling faster gains
 // nothing. The first process in line learns how long processes keep the
-// key and waits out most of the holder's expected tenure, counted from the
-// start the holder wrote into the value, then polls every 200 µs, so a key
-// handed to it is claimed at once; without an expectation it polls every
-// 200 µs to 2 ms, depending on how long the current holder has had the
-// key; the others poll more slowly, up to every 5 ms; all with jitter.
+// key (and how much that varies) and waits out most of the holder's
+// expected tenure, counted from the start the holder wrote into the value,
+// then polls every 200 µs, so a key handed to it is claimed at once;
+// without an expectation it polls every 200 µs to 2 ms, depending on how
+// long the current holder has had the key. The processes behind it read
+// again about halfway into the next holder's expected tenure (at least
+// every 50 ms), which is soon enough to see that they have moved up; all
+// with jitter.
 // Pauses under 2 ms sleep in the kernel (nanosleep, on Linux), as Go
 // timers in an otherwise idle process fire a millisecond late there; at
 // most four waiters of a process do so at once, each holding its thread
