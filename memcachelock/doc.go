@@ -89,10 +89,9 @@
 // again about halfway into the next holder's expected tenure (at least
 // every 50 ms), which is soon enough to see that they have moved up; all
 // with jitter.
-// Pauses under 2 ms sleep in the kernel (nanosleep, on Linux), as Go
-// timers in an otherwise idle process fire a millisecond late there; at
-// most four waiters of a process do so at once, each holding its thread
-// for the pause.
+// Pauses under 2 ms wait for a timerfd through the runtime's poller (on
+// Linux), as Go timers in an otherwise idle process fire a millisecond
+// late there; such a wait holds no thread.
 //
 // # Limits
 //

@@ -8,15 +8,17 @@ import (
 // Short pauses. The first process in a key's queue polls every few hundred
 // microseconds near the end of a holder's tenure (pollInterval). A Go timer
 // cannot wait that little in a process whose goroutines are all waiting:
-// on Linux the runtime then sleeps in epoll_wait, which counts whole
-// milliseconds, and a 200 µs timer fires after about 1.1 ms. So a pause
-// shorter than finePauseMax sleeps in the kernel instead (nanosleep, where
-// the platform has it), holding its thread that long. At most
-// maxFinePauses goroutines of a process do so at once; the others, and
-// longer pauses, use a timer.
+// on Linux the runtime then sleeps in epoll_wait, whose timeout counts
+// whole milliseconds, and a 200 µs timer fires after about 1.1 ms. The
+// poller wakes at once for a file that becomes readable, though, so a
+// pause shorter than finePauseMax reads a timerfd instead (Linux only):
+// the goroutine waits in the poller like any other reader, holding no
+// thread. At most maxFinePauses goroutines of a process do so at once, and
+// a few idle timers are kept for the next pauses; the other pauses, the
+// longer ones and those on other systems use a Go timer.
 const (
 	finePauseMax  = 2 * time.Millisecond
-	maxFinePauses = 4
+	maxFinePauses = 16
 )
 
 // finePauses counts the goroutines in a fine pause.
@@ -26,12 +28,14 @@ var finePauses = make(chan struct{}, maxFinePauses)
 // is the caller's, made on first use, for the caller to stop. A fine pause
 // is not cut short by ctx: it ends at most finePauseMax late.
 func pause(ctx context.Context, d time.Duration, timer **time.Timer) bool {
-	if d < finePauseMax && canSleepFine {
+	if d < finePauseMax {
 		select {
 		case finePauses <- struct{}{}:
-			sleepFine(d)
+			slept := sleepFine(d)
 			<-finePauses
-			return ctx.Err() == nil
+			if slept {
+				return ctx.Err() == nil
+			}
 		default:
 		}
 	}

@@ -4,6 +4,5 @@ package memcachelock
 
 import "time"
 
-const canSleepFine = false
-
-func sleepFine(time.Duration) {}
+// sleepFine has no fine timer to sleep on here.
+func sleepFine(time.Duration) bool { return false }

@@ -2,6 +2,7 @@ package memcachelock
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -168,6 +169,39 @@ func TestPause(t *testing.T) {
 	for _, d := range []time.Duration{100 * time.Microsecond, time.Hour} {
 		if pause(ctx, d, &timer) {
 			t.Fatalf("pause(%v) with a cancelled context reported a full wait", d)
+		}
+	}
+	if n := len(finePauses); n != 0 {
+		t.Fatalf("%d fine pauses still counted", n)
+	}
+}
+
+// TestManyPausesAtOnce: more goroutines pause than may do so finely at
+// once; every pause lasts its time, and none stays counted.
+func TestManyPausesAtOnce(t *testing.T) {
+	const d = 300 * time.Microsecond
+	errs := make(chan error, 4*maxFinePauses)
+	for range cap(errs) {
+		go func() {
+			var timer *time.Timer
+			defer func() {
+				if timer != nil {
+					timer.Stop()
+				}
+			}()
+			for range 10 {
+				start := time.Now()
+				if !pause(context.Background(), d, &timer) || time.Since(start) < d {
+					errs <- fmt.Errorf("a pause of %v returned early", d)
+					return
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range cap(errs) {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
 		}
 	}
 	if n := len(finePauses); n != 0 {
