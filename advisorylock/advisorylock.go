@@ -48,7 +48,10 @@
 // At READ COMMITTED (Postgres's default) the lock is a transaction-level
 // lock (pg_advisory_xact_lock), taken by the transaction's first statement:
 // every statement after it sees what earlier holders committed. It costs
-// one round trip and ends exactly with the transaction.
+// one round trip and ends exactly with the transaction. A run that must
+// wait costs two, a try and then the wait, except on a key that this
+// Locker found busy in the last second: a hot key is most likely busy
+// still, and such a run waits at once, in one statement.
 //
 // At REPEATABLE READ and SERIALIZABLE the transaction's snapshot is fixed by
 // its first statement, which would be the lock statement itself: a waiter's
@@ -152,7 +155,8 @@ const maxLockTimeout = math.MaxInt32 * time.Millisecond
 // Locker holds Postgres advisory locks. It is safe for concurrent use; its
 // zero value is not usable, call New.
 type Locker struct {
-	cfg config
+	cfg  config
+	busy busyLocks // locks recently found busy
 }
 
 type config struct {
@@ -288,19 +292,30 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 	qctx, stop := graceContext(ctx)
 	defer stop()
 
-	busy, isolation, err := s.try(qctx, ids)
-	if err != nil {
+	var busy int
+	var isolation string
+	if !req.TryOnce && !req.Queued && l.busy.recently(ids[0]) {
+		// Busy a moment ago: most likely busy still, so wait at once, one
+		// statement instead of two. Whether the wait was needed is not
+		// known, which only the REPEATABLE READ check below cares about.
+		if isolation, err = s.wait(qctx, ctx, ids); err != nil {
+			return nil, s.undo(qctx, ids, l.fail(ctx, err))
+		}
+		busy = -1
+	} else if busy, isolation, err = s.try(qctx, ids); err != nil {
 		return nil, l.fail(ctx, err)
 	}
 	if busy >= 0 {
+		l.busy.note(ids[busy])
 		if req.TryOnce {
 			return nil, s.undo(qctx, ids, fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[busy]))
 		}
-		wait := s.wait
 		if req.Queued {
-			wait = s.poll
+			err = s.poll(qctx, ctx, ids[busy:])
+		} else {
+			_, err = s.wait(qctx, ctx, ids[busy:])
 		}
-		if err := wait(qctx, ctx, ids[busy:]); err != nil {
+		if err != nil {
 			return nil, s.undo(qctx, ids, l.fail(ctx, err))
 		}
 	}
@@ -427,12 +442,12 @@ const (
 	// set_config(..., true) lasts until the end of the transaction, which
 	// outside a transaction block is this statement's own. If the wait
 	// times out, the statement fails with 55P03.
-	waitXact = `SELECT set_config('lock_timeout', old, true) FROM (
+	waitXact = `SELECT set_config('lock_timeout', old, true), current_setting('transaction_isolation') FROM (
 	SELECT current_setting('lock_timeout') AS old,
 		set_config('lock_timeout', $2, true) AS new,
 		(SELECT count(*) FROM (SELECT pg_advisory_xact_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
 	OFFSET 0) AS s`
-	waitSession = `SELECT set_config('lock_timeout', old, true) FROM (
+	waitSession = `SELECT set_config('lock_timeout', old, true), '' FROM (
 	SELECT current_setting('lock_timeout') AS old,
 		set_config('lock_timeout', $2, true) AS new,
 		(SELECT count(*) FROM (SELECT pg_advisory_lock(id) FROM unnest($1::bigint[]) AS t(id)) AS l) AS n
@@ -488,12 +503,12 @@ func (s stmts) try(ctx context.Context, ids []int64) (busy int, isolation string
 
 // wait takes the locks, waiting at most until waitCtx's deadline, or
 // without a timeout when waitCtx has no deadline.
-func (s stmts) wait(ctx, waitCtx context.Context, ids []int64) error {
+func (s stmts) wait(ctx, waitCtx context.Context, ids []int64) (isolation string, err error) {
 	timeout := "0" // Postgres: no timeout
 	if deadline, ok := waitCtx.Deadline(); ok {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[0])
+			return "", fmt.Errorf("%w: advisory lock %d", txlock.ErrLockBusy, ids[0])
 		}
 		timeout = strconv.FormatInt(max(min(left, maxLockTimeout).Milliseconds(), 1), 10) + "ms"
 	}
@@ -502,7 +517,8 @@ func (s stmts) wait(ctx, waitCtx context.Context, ids []int64) error {
 		q = waitSession
 	}
 	var restored string
-	return s.q.QueryRow(ctx, q, arrayLiteral(ids), timeout).Scan(&restored)
+	err = s.q.QueryRow(ctx, q, arrayLiteral(ids), timeout).Scan(&restored, &isolation)
+	return isolation, err
 }
 
 // Polling bounds: the pause between two tries of a busy lock starts at

@@ -254,7 +254,7 @@ func TestBusyThenWaitWithLockTimeout(t *testing.T) {
 	tx, mock := mockTx(t)
 	id := advisorylock.ID("", "k")
 	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed"))
-	mock.ExpectQuery(`SELECT set_config\('lock_timeout', old, true\) FROM`).
+	mock.ExpectQuery(`SELECT set_config\('lock_timeout', old, true\), current_setting\('transaction_isolation'\) FROM`).
 		WithArgs("{"+itoa(id)+"}", sqlmock.AnyArg()).
 		WillReturnError(&pgconn.PgError{Code: "55P03", Message: "canceling statement due to lock timeout"})
 	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
@@ -351,4 +351,49 @@ type inTx struct{ tx *sql.Tx }
 
 func (q inTx) QueryRow(ctx context.Context, query string, args ...any) txlock.Row {
 	return q.tx.QueryRowContext(ctx, query, args...)
+}
+
+// TestRecentlyBusyKeyWaitsAtOnce: a key this Locker found busy a moment
+// ago is waited for with one statement, without a try first; a caller that
+// does not wait still tries; and a REPEATABLE READ snapshot is checked,
+// since whether the wait was needed is not known.
+func TestRecentlyBusyKeyWaitsAtOnce(t *testing.T) {
+	const wait = `SELECT set_config\('lock_timeout', old, true\), current_setting\('transaction_isolation'\) FROM`
+	waitRows := func(isolation string) *sqlmock.Rows {
+		return sqlmock.NewRows([]string{"set_config", "isolation"}).AddRow("0", isolation)
+	}
+	l := advisorylock.New()
+	id := advisorylock.ID("", "k")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	acquire := func(tx *sql.Tx, try bool) error {
+		_, err := l.Acquire(ctx, txlock.Request{Keys: []string{"k"}, Stage: txlock.InTx, Conn: inTx{tx}, TryOnce: try})
+		return err
+	}
+
+	tx, mock := mockTx(t)
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(1, "read committed"))
+	mock.ExpectQuery(wait).WithArgs("{"+itoa(id)+"}", sqlmock.AnyArg()).WillReturnRows(waitRows("read committed"))
+	if err := acquire(tx, false); err != nil {
+		t.Fatalf("busy, then waited: %v", err)
+	}
+
+	tx, mock = mockTx(t)
+	mock.ExpectQuery(wait).WithArgs("{"+itoa(id)+"}", sqlmock.AnyArg()).WillReturnRows(waitRows("read committed"))
+	if err := acquire(tx, false); err != nil {
+		t.Fatalf("recently busy: %v", err)
+	}
+
+	tx, mock = mockTx(t)
+	mock.ExpectQuery(`pg_try_advisory_xact_lock`).WillReturnRows(tryRows(0, "read committed"))
+	if err := acquire(tx, true); err != nil {
+		t.Fatalf("recently busy, try once: %v", err)
+	}
+
+	tx, mock = mockTx(t)
+	mock.ExpectQuery(wait).WillReturnRows(waitRows("repeatable read"))
+	mock.ExpectQuery(`pg_snapshot_xip`).WillReturnRows(sqlmock.NewRows([]string{"stale"}).AddRow(false))
+	if err := acquire(tx, false); err != nil {
+		t.Fatalf("recently busy at repeatable read, snapshot fresh: %v", err)
+	}
 }
