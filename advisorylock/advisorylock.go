@@ -294,7 +294,7 @@ func (l *Locker) Acquire(ctx context.Context, req txlock.Request) (txlock.Lease,
 
 	var busy int
 	var isolation string
-	if !req.TryOnce && !req.Queued && l.busy.recently(ids[0]) {
+	if !req.TryOnce && !req.Queued && l.busy.recently(ids[0]) && waitLeft(ctx) {
 		// Busy a moment ago: most likely busy still, so wait at once, one
 		// statement instead of two. Whether the wait was needed is not
 		// known, which only the REPEATABLE READ check below cares about.
@@ -499,6 +499,12 @@ func (s stmts) try(ctx context.Context, ids []int64) (busy int, isolation string
 		return 0, "", err
 	}
 	return int(first) - 1, isolation, nil
+}
+
+// waitLeft reports whether the wait that ctx bounds has time left.
+func waitLeft(ctx context.Context) bool {
+	deadline, ok := ctx.Deadline()
+	return !ok || time.Until(deadline) > 0
 }
 
 // wait takes the locks, waiting at most until waitCtx's deadline, or
