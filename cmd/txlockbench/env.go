@@ -39,6 +39,7 @@ type benchEnv struct {
 	dbURL    string // with search_path set to the private schema
 	admin    *sql.DB
 	schema   string
+	seed     int // other names' reservations each row starts with (see truncate)
 	mcAddr   string
 	mcCmd    *exec.Cmd
 	mcExited chan struct{}
@@ -54,7 +55,7 @@ func setup(ctx context.Context, o options) (*benchEnv, error) {
 	}
 	var b [4]byte
 	_, _ = rand.Read(b[:])
-	env := &benchEnv{admin: admin, schema: "txlockbench_" + hex.EncodeToString(b[:])}
+	env := &benchEnv{admin: admin, schema: "txlockbench_" + hex.EncodeToString(b[:]), seed: o.seed}
 	if _, err := admin.ExecContext(ctx, "CREATE SCHEMA "+env.schema); err != nil {
 		return nil, err
 	}
@@ -95,14 +96,40 @@ func (e *benchEnv) open() (*sql.DB, error) {
 	return db, nil
 }
 
-// truncate empties the table before a row, and checkpoints, so that a
-// timed checkpoint (every 5 minutes by default) does not fall inside the
-// row, where its burst of writes stalls commits and inflates that row's
-// tail latency alone. A server that refuses CHECKPOINT (not a superuser)
-// is measured as it is.
+// truncate empties the table before a row, fills it with other names'
+// reservations, and checkpoints.
+//
+// The other names (-seed of them, 20,000 by default, half active, half
+// expired, none a name the workers use) and their statistics make the table look like a
+// production one. An emptied table has no statistics, and then Postgres's
+// plan for the hot name's check depended on how many connections ran it:
+// a connection's first five runs of a prepared statement get a plan for
+// the name at hand, and on a table without statistics that is a bitmap
+// scan, which reads every index entry of the name, dead ones included,
+// and never marks them dead; a connection that reaches its sixth run early
+// (while the table is small) settles on a generic plan, an index scan,
+// which marks them as it goes. Rows whose waiters keep every connection
+// busy in turn (advisory locks, retry-only) stayed on bitmap scans reading
+// thousands of entries per check by the end of a row, while rows that
+// reuse a few connections (memcached) read two.
+//
+// The checkpoint keeps a timed one (every 5 minutes by default) from
+// falling inside the row, where its burst of writes stalls commits and
+// inflates that row's tail latency alone. A server that refuses
+// CHECKPOINT (not a superuser) is measured as it is.
 func (e *benchEnv) truncate(ctx context.Context) error {
 	if _, err := e.admin.ExecContext(ctx, "TRUNCATE "+e.schema+".bench_names"); err != nil {
 		return err
+	}
+	if e.seed > 0 {
+		if _, err := e.admin.ExecContext(ctx, `INSERT INTO `+e.schema+`.bench_names (name, owner, expires_at)
+			SELECT 'seed-' || g, 'seed', now() + CASE WHEN g % 2 = 0 THEN interval '1 hour' ELSE interval '-1 hour' END
+			FROM generate_series(1, $1::int) AS g`, e.seed); err != nil {
+			return err
+		}
+		if _, err := e.admin.ExecContext(ctx, "ANALYZE "+e.schema+".bench_names"); err != nil {
+			return err
+		}
 	}
 	_, _ = e.admin.ExecContext(ctx, "CHECKPOINT")
 	return nil

@@ -19,6 +19,10 @@
 //   - pool: the hot key plus cold keys through a pool of 8 connections;
 //     cold-key p99 with memcached against advisory.
 //
+// Every row starts from a table that holds 20,000 reservations of other
+// names (-seed) and has statistics, as a production table would; the
+// workers' rows are the only ones checked for duplicates and losses.
+//
 // Postgres comes from -db (default $TXLOCK_TEST_DATABASE_URL or
 // 127.0.0.1:5432); memcached from -memcached, or a private memcached this
 // command starts on a free loopback port. Everything runs in a private
@@ -42,6 +46,7 @@ type options struct {
 	scenario  string
 	duration  time.Duration
 	work      time.Duration
+	seed      int
 	procs     int
 	workers   int
 	modes     map[string]bool // empty: all
@@ -71,6 +76,7 @@ func main() {
 	flag.StringVar(&o.scenario, "scenario", "all", "uncontended | hot | pool | faults | serve | all (all but faults and serve)")
 	flag.DurationVar(&o.duration, "d", 8*time.Second, "measuring time per row")
 	flag.DurationVar(&o.work, "work", time.Millisecond, "CPU work in each hot-key body")
+	flag.IntVar(&o.seed, "seed", 20000, "other names' reservations in the table when each row starts, with statistics (0: an empty table without statistics)")
 	flag.IntVar(&o.procs, "procs", 4, "processes for the hot-key rows")
 	flag.IntVar(&o.workers, "workers", 32, "workers in all for the hot-key rows")
 	modes := flag.String("modes", "", "comma-separated rows to run (default all). uncontended: bare, bare-cancellable, bare+mc1..3 (a bare transaction plus 1 to 3 raw memcached round trips: the floor), bare+mclock (plus the memcached locker's three round trips as raw calls: add, gets, CAS), bare+stmt1 (plus one trivial statement), bare+advlock (plus the advisory locker's statement, raw), local, local-pgx, local+commitcheck, memcached, advisory, advisory-rr, memcached+advisory; hot: retry-only, add-poll-delete, local, memcached, advisory, memcached+advisory; faults: the configurations by name")
