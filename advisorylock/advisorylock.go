@@ -18,16 +18,14 @@
 // connection while it waits, so a hot key can drain the connection pool
 // that other requests need. memcachelock's waiters hold none. A waiter
 // also holds a snapshot (Postgres keeps one for the statement that waits
-// in its lock queue, which keeps row versions newer than it from being
-// pruned), and its statements (BEGIN, a try, the wait) run on the database
-// server while the holder works. In txlockbench's hot-key rows (32
-// waiters in 4 processes, on 2 cores) the critical section is slower with
-// advisory locks alone than with the waiters in memcached (body median
-// 1.66 ms against 1.40–1.56 ms). Lining up each process's waiters in the
-// process first, so that 3 backends waited with a snapshot instead of 31,
-// did not make it faster: the snapshots are not what costs there.
-// memcachelock in front of advisorylock keeps the waiters, their
-// connections and their statements out of the database.
+// in its lock queue), and while it waits Postgres cannot mark the row
+// versions that the holders replace as dead to everyone: in txlockbench's
+// hot-key row (31 waiters in 4 processes) the holder's index scan of the
+// hot row reads about 32 index entries where it reads 2 with the waiters
+// in memcached. That costs little there, and grows with the number of
+// waiters and how long they wait. memcachelock in front of advisorylock
+// keeps the waiters, their connections and their snapshots out of the
+// database.
 //
 // # Keys
 //
