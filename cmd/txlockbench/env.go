@@ -100,8 +100,8 @@ func (e *benchEnv) open() (*sql.DB, error) {
 // reservations, and checkpoints.
 //
 // The other names (-seed of them, 20,000 by default, half active, half
-// expired, none a name the workers use) and their statistics make the table look like a
-// production one. An emptied table has no statistics, and then Postgres's
+// expired, none a name the workers use) and their statistics make the
+// table look like a production one. An emptied table has no statistics, and then Postgres's
 // plan for the hot name's check depended on how many connections ran it:
 // a connection's first five runs of a prepared statement get a plan for
 // the name at hand, and on a table without statistics that is a bitmap

@@ -83,6 +83,9 @@ func main() {
 	flag.StringVar(&o.svg, "svg", "", "also draw the run's figures as an SVG chart into this file (e.g. docs/bench.svg)")
 	flag.StringVar(&o.cpuprof, "cpuprofile", "", "write a CPU profile of this process (the rows that run in one process) into this file")
 	flag.Parse()
+	if o.seed < 0 {
+		log.Fatalf("-seed %d: want 0 or more", o.seed)
+	}
 	if *modes != "" {
 		o.modes = map[string]bool{}
 		for _, m := range strings.Split(*modes, ",") {

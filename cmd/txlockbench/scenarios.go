@@ -19,7 +19,7 @@ func (e *benchEnv) job(mode string, o options) job {
 // those of owner 'bench'; see truncate).
 func (e *benchEnv) check(ctx context.Context, commits int) (dups, missing int, err error) {
 	err = e.admin.QueryRowContext(ctx, `SELECT count(*) FROM (SELECT name FROM `+e.schema+`.bench_names
-		WHERE expires_at > now() GROUP BY name HAVING count(*) > 1) d`).Scan(&dups)
+		WHERE owner = 'bench' AND expires_at > now() GROUP BY name HAVING count(*) > 1) d`).Scan(&dups)
 	if err != nil {
 		return 0, 0, err
 	}
