@@ -211,23 +211,27 @@ func TestUnknownCommitFoundAborted(t *testing.T) {
 }
 
 // TestUnknownCommitStillInProgress: the connection is cut as soon as COMMIT
-// is sent, while the server still works on it (a deferred trigger sleeps
-// 1.5 s). Run's lookup first finds the transaction in progress and asks
+// is sent, while the server still works on it (a deferred trigger
+// sleeps). Run's lookup first finds the transaction in progress and asks
 // again. pgx sends a cancel request when it drops a broken connection: if
 // it gets through, the COMMIT is cancelled and Run finds it aborted and
 // runs the transaction again; if the network drops it too, the COMMIT
-// completes and Run finds it committed. The sleep is the time the cancel
-// request has to arrive (a new connection, for which Postgres starts a
-// process): 300 ms was once too short on a loaded 2-core CI machine.
+// completes and Run finds it committed. Where the cancel request gets
+// through, the trigger sleeps 4 s, the time the request has to arrive (a
+// new connection, for which Postgres starts a process): 300 ms and then
+// 1.5 s were too short on a loaded 2-core machine, and a cancelled sleep
+// ends at once. It stays within Run's 5 s lookup budget, so that a request
+// that never arrives shows as the COMMIT found committed, not as a hang.
 func TestUnknownCommitStillInProgress(t *testing.T) {
 	for _, tc := range []struct {
 		name       string
 		dropCancel bool
+		sleep      string // seconds the COMMIT works
 		want       txlock.CommitOutcome
 		rows       []int
 	}{
-		{"cancel request gets through", false, txlock.CommitFoundAborted, []int{2}},
-		{"cancel request lost", true, txlock.CommitFoundCommitted, []int{1}},
+		{"cancel request gets through", false, "4", txlock.CommitFoundAborted, []int{2}},
+		{"cancel request lost", true, "1.5", txlock.CommitFoundCommitted, []int{1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			proxy, u := testenv.StartPGProxy(t, testenv.PostgresURL(t))
@@ -240,7 +244,7 @@ func TestUnknownCommitStillInProgress(t *testing.T) {
 			exec(t, db, `CREATE OR REPLACE FUNCTION sleep_at_commit() RETURNS trigger LANGUAGE plpgsql AS $$
 				BEGIN
 					IF current_setting('txlock.sleep_at_commit', true) = 'on' THEN
-						PERFORM pg_sleep(1.5);
+						PERFORM pg_sleep(`+tc.sleep+`);
 					END IF;
 					RETURN NULL;
 				END $$`)
