@@ -216,12 +216,16 @@ func TestUnknownCommitFoundAborted(t *testing.T) {
 // again. pgx sends a cancel request when it drops a broken connection: if
 // it gets through, the COMMIT is cancelled and Run finds it aborted and
 // runs the transaction again; if the network drops it too, the COMMIT
-// completes and Run finds it committed. Where the cancel request gets
-// through, the trigger sleeps 4 s, the time the request has to arrive (a
-// new connection, for which Postgres starts a process): 300 ms and then
-// 1.5 s were too short on a loaded 2-core machine, and a cancelled sleep
-// ends at once. It stays within Run's 5 s lookup budget, so that a request
-// that never arrives shows as the COMMIT found committed, not as a hang.
+// completes and Run finds it committed. Postgres ignores a cancel request
+// that reaches a backend still waiting for its next command, so the proxy
+// holds the request for half a second (see CutNextCommitEarly): on a loaded
+// machine the backend may not have read the COMMIT yet when pgx, which
+// sends it as soon as the connection breaks, gets it there. Where the
+// request gets through, the trigger sleeps 4 s, the time it has to arrive
+// (a new connection, for which Postgres starts a process; a cancelled
+// sleep ends at once). That stays within Run's 5 s lookup budget, so that a
+// request that never arrives shows as the COMMIT found committed, not as a
+// hang.
 func TestUnknownCommitStillInProgress(t *testing.T) {
 	for _, tc := range []struct {
 		name       string

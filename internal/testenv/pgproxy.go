@@ -9,6 +9,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 )
 
 // PGProxy is a TCP proxy in front of PostgreSQL that can cut a client's
@@ -22,8 +23,10 @@ type PGProxy struct {
 	armed    atomic.Bool
 	early    atomic.Bool
 	noCancel atomic.Bool
-	cut      atomic.Int32
-	wg       sync.WaitGroup
+	// holdCancel delays cancel requests (see CutNextCommitEarly).
+	holdCancel atomic.Bool
+	cut        atomic.Int32
+	wg         sync.WaitGroup
 }
 
 // StartPGProxy proxies to the server of url (host:port only) and returns a
@@ -57,10 +60,21 @@ func (p *PGProxy) CutNextCommit() { p.armed.Store(true) }
 // is closed as soon as COMMIT is forwarded, before the server has answered:
 // the server may still be working on it when the client asks what became
 // of it.
+//
+// From then on the proxy holds each cancel request for cancelHold before it
+// passes it on: Postgres ignores a cancel that reaches a backend still
+// waiting for its next command, and on a loaded machine the backend may not
+// yet have read the COMMIT when the client's cancel, sent as soon as its
+// connection broke, arrives.
 func (p *PGProxy) CutNextCommitEarly() {
 	p.early.Store(true)
+	p.holdCancel.Store(true)
 	p.armed.Store(true)
 }
+
+// cancelHold is how long a cancel request waits in the proxy after an early
+// cut (see CutNextCommitEarly).
+const cancelHold = 500 * time.Millisecond
 
 // DropCancelRequests makes the proxy drop the cancel requests clients
 // send (pgx sends one when it closes a broken connection), as a network
@@ -136,8 +150,13 @@ func (p *PGProxy) forward(client, server net.Conn, swallow *atomic.Bool) {
 		return
 	}
 	const cancelRequestCode = 80877102
-	if len(body) >= 4 && binary.BigEndian.Uint32(body) == cancelRequestCode && p.noCancel.Load() {
-		return
+	if len(body) >= 4 && binary.BigEndian.Uint32(body) == cancelRequestCode {
+		if p.noCancel.Load() {
+			return
+		}
+		if p.holdCancel.Load() {
+			time.Sleep(cancelHold)
+		}
 	}
 	if _, err := server.Write(append(hdr[:4:4], body...)); err != nil {
 		return
