@@ -23,7 +23,12 @@
 // hot-key row (31 waiters in 4 processes) the holder's index scan of the
 // hot row reads about 32 index entries where it reads 2 with the waiters
 // in memcached. That costs little there, and grows with the number of
-// waiters and how long they wait. memcachelock in front of advisorylock
+// waiters and how long they wait. And as each waiter holds its own
+// connection, a hot key moves to another backend with every commit, which
+// costs more: txlock's in-process locker made to do the same (each worker
+// on a connection of its own, txlockbench's local-conns row) lost 4-16% of
+// its goodput there.
+// memcachelock in front of advisorylock
 // keeps the waiters, their connections and their snapshots out of the
 // database.
 //

@@ -247,7 +247,7 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 		return nil, nil
 	case "add-poll-delete":
 		return []txlock.Option{txlock.WithLocker(&addPollLocker{mc: mc()})}, nil
-	case "local":
+	case "local", "local-conns":
 		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker())}, nil
 	case "local+commitcheck":
 		return []txlock.Option{txlock.WithLocker(txlock.NewLocalLocker()), txlock.WithCommitCheck(txlock.CommitCheckAlways)}, nil

@@ -174,13 +174,28 @@ func runJob(ctx context.Context, j job) (report, error) {
 	worker := func(hot bool, w int) {
 		defer wg.Done()
 		var t tally
+		// The local-conns row: every worker runs on a connection of its
+		// own, as advisory waiters do (each holds one while it waits), so
+		// the key moves to another backend with every commit.
+		var b txlock.Beginner = db
+		if j.Mode == "local-conns" {
+			c, err := db.Conn(ctx)
+			if err != nil {
+				mu.Lock()
+				r.Hot.Errors++
+				mu.Unlock()
+				return
+			}
+			defer c.Close()
+			b = c
+		}
 		for time.Now().Before(deadline) {
 			name := "hot"
 			if !hot {
 				name = fmt.Sprintf("cold-%d-%d-%d", j.Proc, w, seq.Add(1))
 			}
 			start := time.Now()
-			attempts, err := one(ctx, db, j, lockOpts, name, hot)
+			attempts, err := one(ctx, db, b, j, lockOpts, name, hot)
 			t.Attempts += attempts
 			if err != nil {
 				t.Errors++
@@ -236,8 +251,8 @@ func warmSQL(ctx context.Context, db *sql.DB, n int) error {
 var serializable = &sql.TxOptions{Isolation: sql.LevelSerializable}
 
 // one runs a single reservation in the row's mode and returns how many
-// attempts it took.
-func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name string, hot bool) (int, error) {
+// attempts it took. Run gets b: db, or the worker's own connection.
+func one(ctx context.Context, db *sql.DB, b txlock.Beginner, j job, lockOpts []txlock.Option, name string, hot bool) (int, error) {
 	body := func(ctx context.Context, tx *sql.Tx) error {
 		if hot {
 			return rotate(ctx, tx, name, j.Work)
@@ -307,7 +322,7 @@ func one(ctx context.Context, db *sql.DB, j job, lockOpts []txlock.Option, name 
 	} else {
 		keys = []string{"name:" + name}
 	}
-	err := txlock.Run(ctx, db, keys, body, opts...)
+	err := txlock.Run(ctx, b, keys, body, opts...)
 	return attempts, err
 }
 
