@@ -73,16 +73,7 @@ func runPgxJob(ctx context.Context, j job) (report, error) {
 				name := fmt.Sprintf("cold-%d-%d-%d", j.Proc, w, seq.Add(1))
 				start := time.Now()
 				attempts, err := onePgx(ctx, pool, lockOpts, name)
-				t.Attempts += attempts
-				if err != nil {
-					t.Errors++
-					if t.FirstErr == "" {
-						t.FirstErr = err.Error()
-					}
-					continue
-				}
-				t.Commits++
-				t.Lat = append(t.Lat, time.Since(start).Seconds())
+				t.record(start, deadline, attempts, err)
 			}
 			mu.Lock()
 			r.Cold.merge(t)
