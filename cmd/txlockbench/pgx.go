@@ -60,6 +60,7 @@ func runPgxJob(ctx context.Context, j job) (report, error) {
 
 	time.Sleep(time.Until(j.Start))
 	deadline := j.Start.Add(j.Duration)
+	windowCPU := measureWindow(j, deadline)
 	var mu sync.Mutex
 	var r report
 	var wg sync.WaitGroup
@@ -81,6 +82,7 @@ func runPgxJob(ctx context.Context, j job) (report, error) {
 		}()
 	}
 	wg.Wait()
+	r.WindowCPU = windowCPU()
 	return r, nil
 }
 

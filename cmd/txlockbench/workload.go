@@ -88,6 +88,10 @@ func (t *tally) merge(o tally) {
 
 type report struct {
 	Hot, Cold tally
+	// WindowCPU is the machine's busy CPU seconds from the row's start to
+	// its deadline, as process 0 read them: the processes' start-up, their
+	// connections and the drain stay out of it.
+	WindowCPU float64
 }
 
 func childMain() int {
@@ -152,6 +156,7 @@ func runProcs(ctx context.Context, j job, procs int) (report, error) {
 		r.Hot.merge(reports[p].Hot)
 		r.Cold.merge(reports[p].Cold)
 	}
+	r.WindowCPU = reports[0].WindowCPU
 	return r, nil
 }
 
@@ -197,6 +202,7 @@ func runJob(ctx context.Context, j job) (report, error) {
 	deadline := j.Start.Add(j.Duration)
 	var mu sync.Mutex
 	var r report
+	windowCPU := measureWindow(j, deadline)
 	var wg sync.WaitGroup
 	var seq atomic.Int64
 	worker := func(hot bool, w int) {
@@ -243,7 +249,22 @@ func runJob(ctx context.Context, j job) (report, error) {
 		go worker(false, w)
 	}
 	wg.Wait()
+	r.WindowCPU = windowCPU()
 	return r, nil
+}
+
+// measureWindow starts reading the machine's busy CPU, in process 0 only,
+// now (the row's start) until deadline. The function it returns gives the
+// seconds, waiting for the deadline if need be; call it once the workers
+// are done.
+func measureWindow(j job, deadline time.Time) func() float64 {
+	if j.Proc != 0 {
+		return func() float64 { return 0 }
+	}
+	cpu := make(chan float64, 1)
+	cpu0 := cpuBusy()
+	time.AfterFunc(time.Until(deadline), func() { cpu <- cpuBusy() - cpu0 })
+	return func() float64 { return <-cpu }
 }
 
 // warmSQL opens n connections of db and returns them to its idle pool.
