@@ -26,8 +26,8 @@
 // waiters and how long they wait. And as each waiter holds its own
 // connection, a hot key moves to another backend with every commit, which
 // costs more: txlock's in-process locker made to do the same (each worker
-// on a connection of its own, txlockbench's local-conns row) lost 3-16% of
-// its goodput there, in seven runs on two machines. memcachelock in front
+// on a connection of its own, txlockbench's local-conns row) lost 2-16% of
+// its goodput there, in 13 runs on three machines. memcachelock in front
 // of advisorylock keeps the waiters, their connections and their
 // snapshots out of the database.
 //
