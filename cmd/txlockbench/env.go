@@ -263,24 +263,66 @@ func lockers(mode, mcAddr string) ([]txlock.Option, error) {
 	return nil, fmt.Errorf("unknown mode %q", mode)
 }
 
-// cpuJiffies returns the machine's busy CPU time from /proc/stat (all
-// processes: app, Postgres, memcached), in seconds.
+// cpuBusy returns the machine's busy CPU time from /proc/stat (all
+// processes: app, Postgres, memcached), in seconds: user, nice, system,
+// irq and softirq. Steal (time the hypervisor ran someone else while this
+// machine wanted the CPU) is not work done here and would charge a row for
+// its neighbours; guest time is already inside user and nice.
 func cpuBusy() float64 {
+	busy, _, _ := cpuStat()
+	return busy
+}
+
+// cpuStat returns, in seconds, the machine's busy CPU time (as cpuBusy),
+// its steal time and all its time (every field but guest).
+func cpuStat() (busy, steal, total float64) {
 	b, err := os.ReadFile("/proc/stat")
 	if err != nil {
-		return 0
+		return 0, 0, 0
 	}
 	line, _, _ := strings.Cut(string(b), "\n")
+	return parseCPULine(line)
+}
+
+// parseCPULine reads /proc/stat's first line ("cpu" and the fields of
+// proc(5), in USER_HZ) as cpuStat returns it.
+func parseCPULine(line string) (busy, steal, total float64) {
 	f := strings.Fields(line)
-	var busy float64
+	if len(f) == 0 || f[0] != "cpu" {
+		return 0, 0, 0
+	}
 	for i, v := range f[1:] {
 		n, _ := strconv.ParseFloat(v, 64)
-		if i == 3 || i == 4 { // idle, iowait
+		n /= 100 // USER_HZ
+		switch i {
+		case 0, 1, 2, 5, 6: // user, nice, system, irq, softirq
+			busy += n
+		case 7:
+			steal += n
+		case 8, 9: // guest, guest_nice: already in user, nice
 			continue
 		}
-		busy += n
+		total += n
 	}
-	return busy / 100 // USER_HZ
+	return busy, steal, total
+}
+
+// stealMeter reports the share of the machine's time the hypervisor gave
+// to others since it was made: a run where it is high ran on a crowded
+// host, and its ratios are noisier than usual.
+type stealMeter struct{ steal, total float64 }
+
+func newStealMeter() stealMeter {
+	_, steal, total := cpuStat()
+	return stealMeter{steal, total}
+}
+
+func (m stealMeter) String() string {
+	_, steal, total := cpuStat()
+	if total <= m.total {
+		return "steal n/a"
+	}
+	return fmt.Sprintf("steal %.1f%% of the machine's time (not counted as CPU)", 100*(steal-m.steal)/(total-m.total))
 }
 
 func gomaxprocs() int { return runtime.GOMAXPROCS(0) }
