@@ -317,7 +317,9 @@ func newStealMeter() stealMeter {
 	return stealMeter{steal, total}
 }
 
-func (m stealMeter) String() string {
+// report reads /proc/stat again and says what share of the time since the
+// meter was made was stolen.
+func (m stealMeter) report() string {
 	_, steal, total := cpuStat()
 	if total <= m.total {
 		return "steal n/a"

@@ -156,7 +156,7 @@ func withSteal(f func(context.Context, *benchEnv, options) error) func(context.C
 		if err := f(ctx, e, o); err != nil {
 			return err
 		}
-		fmt.Println(m)
+		fmt.Println(m.report())
 		return nil
 	}
 }
